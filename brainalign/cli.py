@@ -1,0 +1,80 @@
+"""The ``brainalign`` command. Thin: parses arguments, calls the API, prints.
+
+Each area of the package may add its own subcommands through a ``_cli`` module with a
+``register(subparsers)`` function; they are listed in ``_CLI_MODULES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+
+from ._version import __version__
+from .errors import BrainalignError
+
+_CLI_MODULES = (
+    "brainalign.datasets._cli",
+    "brainalign.features._cli",
+    "brainalign.plotting._cli",
+    "brainalign.sweep._cli",
+)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import report
+
+    print(report())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    out = run_demo(out_dir=args.out, quick=args.quick)
+    print(f"\nDemo finished. Report: {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="brainalign",
+        description="How brain-like is a language model, layer by layer and checkpoint by checkpoint of its training.",
+    )
+    parser.add_argument("--version", action="version", version=f"brainalign {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("doctor", help="versions, ridge backends, GPU, cache and data folders")
+    p.set_defaults(func=_doctor)
+
+    p = sub.add_parser("demo", help="the whole pipeline on embedded data, offline, in minutes")
+    p.add_argument("-o", "--out", default="brainalign-demo", help="output folder (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a smaller, faster run (used by the tests)")
+    p.set_defaults(func=_demo)
+
+    for mod in _CLI_MODULES:
+        if importlib.util.find_spec(mod.rsplit(".", 1)[0]) and importlib.util.find_spec(mod):
+            importlib.import_module(mod).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except BrainalignError as exc:
+        print(f"brainalign: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

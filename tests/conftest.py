@@ -1,0 +1,27 @@
+"""Shared test setup: offline, headless, no writes outside tmp folders."""
+
+import os
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own brainalign cache and data home."""
+    root = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("BRAINALIGN_CACHE", str(root / "cache"))
+    monkeypatch.setenv("BRAINALIGN_DATA", str(root / "data"))
+
+
+@pytest.fixture
+def rng():
+    import numpy as np
+
+    return np.random.default_rng(0)

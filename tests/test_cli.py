@@ -1,0 +1,27 @@
+import json
+import subprocess
+import sys
+
+from brainalign import __version__
+from brainalign.cli import main
+
+
+def test_help_and_version(capsys):
+    assert main([]) == 0
+    assert "demo" in capsys.readouterr().out
+    out = subprocess.run([sys.executable, "-m", "brainalign.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == f"brainalign {__version__}"
+
+
+def test_doctor_reports_stack_and_backends(capsys):
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "himalaya" in out and "numpy            ok" in out
+    assert "GPU:" in out and "brainalign cache" in out
+
+
+def test_demo_quick_recovers_planted_targets(tmp_path, capsys):
+    assert main(["demo", "--quick", "-o", str(tmp_path / "demo")]) == 0
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["mean_r_planted"] > 0.2
+    assert abs(summary["mean_r_other"]) < 0.05
