@@ -1,0 +1,155 @@
+"""The :class:`Dataset` every adapter returns: stories, subjects, split, responses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import ValidationError
+from ..stimulus import Responses, Space, Story
+
+__all__ = ["Dataset"]
+
+
+class Dataset:
+    """Stories with word timings and subjects' responses, aligned row for row.
+
+    Parameters
+    ----------
+    name : str
+        Dataset name (``"lebel2023"``, ``"narratives"``, ``"simulated"``...).
+    stories : sequence of Story
+        Every story any selected subject heard, in a fixed order.
+    subjects : sequence of str
+    spaces : Space or mapping subject -> Space
+        Where each subject's targets live.
+    responses : Responses
+        (subject, story) -> array (story.n_trs x n_targets), read on demand. The pairs
+        present define which stories each subject has.
+    train_stories, test_stories : sequence of str
+        The split. Stories a subject lacks are skipped for that subject.
+    repeats : mapping (subject, story) -> callable, optional
+        Loaders of single-presentation responses (n_repeats x n_trs x n_targets) of a
+        repeated story, for noise ceilings.
+    info : dict, optional
+        Free-form metadata (root folder, options, card version...).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        stories: Sequence[Story],
+        subjects: Sequence[str],
+        spaces: Space | Mapping[str, Space],
+        responses: Responses,
+        train_stories: Sequence[str],
+        test_stories: Sequence[str],
+        repeats: Mapping[tuple[str, str], Callable[[], Any]] | None = None,
+        info: dict | None = None,
+    ) -> None:
+        self.name = name
+        self.stories: dict[str, Story] = {}
+        for s in stories:
+            if s.name in self.stories:
+                raise ValidationError(f"dataset {name!r}: story {s.name!r} appears twice")
+            self.stories[s.name] = s
+        self.subjects = list(subjects)
+        if not self.subjects:
+            raise ValidationError(f"dataset {name!r}: no subjects")
+        self._spaces = dict(spaces) if isinstance(spaces, Mapping) else {s: spaces for s in self.subjects}
+        missing = [s for s in self.subjects if s not in self._spaces]
+        if missing:
+            raise ValidationError(f"dataset {name!r}: no space for subjects {missing}")
+        self._responses = responses
+        self.train_stories = list(train_stories)
+        self.test_stories = list(test_stories)
+        for st in self.train_stories + self.test_stories:
+            if st not in self.stories:
+                raise ValidationError(f"dataset {name!r}: split names story {st!r}, which has no transcript")
+        overlap = set(self.train_stories) & set(self.test_stories)
+        if overlap:
+            raise ValidationError(f"dataset {name!r}: stories {sorted(overlap)} are in both train and test")
+        self._repeats = dict(repeats or {})
+        self.info = dict(info or {})
+
+    # -- access ------------------------------------------------------------------
+    def space(self, subject: str) -> Space:
+        self._check_subject(subject)
+        return self._spaces[subject]
+
+    def stories_of(self, subject: str) -> list[str]:
+        """The stories ``subject`` has responses for, in the dataset's story order."""
+        self._check_subject(subject)
+        have = set(self._responses.stories(subject))
+        return [s for s in self.stories if s in have]
+
+    def train_stories_of(self, subject: str) -> list[str]:
+        have = set(self.stories_of(subject))
+        return [s for s in self.train_stories if s in have]
+
+    def test_stories_of(self, subject: str) -> list[str]:
+        have = set(self.stories_of(subject))
+        return [s for s in self.test_stories if s in have]
+
+    def responses(self, subject: str, story: str) -> np.ndarray:
+        """float32 array (n_trs x n_targets), read from disk now."""
+        self._check_subject(subject)
+        if story not in self.stories:
+            raise KeyError(f"dataset {self.name!r} has no story {story!r}")
+        return self._responses[subject, story]
+
+    def has_repeats(self, subject: str, story: str) -> bool:
+        return (subject, story) in self._repeats
+
+    def repeats(self, subject: str, story: str) -> np.ndarray | None:
+        """float32 (n_repeats x n_trs x n_targets) single presentations, or None."""
+        loader = self._repeats.get((subject, story))
+        if loader is None:
+            return None
+        arr = np.asarray(loader(), dtype=np.float32)
+        n_trs = self.stories[story].n_trs
+        if arr.ndim != 3 or arr.shape[1] != n_trs or arr.shape[0] < 2:
+            raise ValidationError(
+                f"dataset {self.name!r}: repeats of {subject}/{story} must be (n_repeats>=2, {n_trs}, targets), "
+                f"got {arr.shape}"
+            )
+        if not np.all(np.isfinite(arr)):
+            raise ValidationError(f"dataset {self.name!r}: repeats of {subject}/{story} contain NaN or inf")
+        return arr
+
+    @property
+    def responses_map(self) -> Responses:
+        return self._responses
+
+    def _check_subject(self, subject: str) -> None:
+        if subject not in self._spaces:
+            raise KeyError(f"dataset {self.name!r} has no subject {subject!r} (subjects: {self.subjects})")
+
+    def subset(self, subjects: Sequence[str]) -> "Dataset":
+        """The same dataset restricted to some subjects."""
+        for s in subjects:
+            self._check_subject(s)
+        keep = set(subjects)
+        return Dataset(
+            self.name,
+            list(self.stories.values()),
+            list(subjects),
+            {s: self._spaces[s] for s in subjects},
+            Responses(
+                {k: v for k, v in self._responses._loaders.items() if k[0] in keep},
+                {k: v for k, v in self._responses._sources.items() if k[0] in keep},
+                self._responses._n_trs,
+            ),
+            self.train_stories,
+            self.test_stories,
+            {k: v for k, v in self._repeats.items() if k[0] in keep},
+            self.info,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Dataset({self.name!r}, {len(self.subjects)} subjects, {len(self.stories)} stories: "
+            f"{len(self.train_stories)} train, {len(self.test_stories)} test)"
+        )
