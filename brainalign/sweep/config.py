@@ -1,0 +1,239 @@
+"""The run config: a YAML file validated by pydantic, errors naming the key and line.
+
+Example::
+
+    dataset:
+      name: lebel2023
+      root: ~/data/ds003020
+      subjects: [UTS01, UTS02]
+    model:
+      name: EleutherAI/pythia-160m
+      revisions: {log_spaced: 10}      # or a list, or {every: 8}
+    layers: all                        # or [0, 4, 8], or {depths: [0.25, 0.5, 1.0]}
+    features: {context_tokens: 512}
+    encoding: {alphas: {logspace: [0, 6, 13]}, n_folds: 5, backend: auto}
+    stats: {permutations: 1000, fdr: 0.05}
+    rois: {atlas: language}
+    output: {store: results.zarr}
+    executor: {kind: local}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticValidationError, field_validator
+
+from ..errors import ValidationError
+
+__all__ = ["RunConfig", "load_config", "config_hash"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetConfig(_Strict):
+    name: str
+    root: str | None = None
+    subjects: list[str] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class EveryN(_Strict):
+    every: int = Field(gt=0)
+
+
+class LogSpaced(_Strict):
+    log_spaced: int = Field(gt=1)
+
+
+class ModelConfig(_Strict):
+    name: str
+    revisions: Union[list[str], EveryN, LogSpaced, None] = None
+    #: revision -> training tokens (or {"step":..., "tokens":...}) when the names do not say
+    training_axis: dict[str, Any] | None = None
+    trust_remote_code: bool = False
+
+
+class Depths(_Strict):
+    depths: list[float]
+
+    @field_validator("depths")
+    @classmethod
+    def _in_unit(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 <= d <= 1.0 for d in v):
+            raise ValueError("relative depths must be between 0 and 1")
+        return v
+
+
+class FeatureConfig(_Strict):
+    context_tokens: int = Field(512, gt=1)
+    batch_size: int = Field(8, gt=0)
+    device: str = "auto"
+    dtype: str = "auto"
+    word_reduction: Literal["last", "mean"] = "last"
+    cache: bool = True
+    float16: bool = False
+
+
+class LogSpace(_Strict):
+    logspace: tuple[float, float, int]
+
+
+class EncodingConfig(_Strict):
+    alphas: Union[list[float], LogSpace] = Field(default_factory=lambda: LogSpace(logspace=(0.0, 6.0, 13)))
+    n_folds: int = Field(5, ge=2)
+    backend: str = "auto"
+    delays: list[int] = Field(default_factory=lambda: [1, 2, 3, 4])
+
+    def alpha_values(self) -> np.ndarray:
+        if isinstance(self.alphas, LogSpace):
+            a, b, n = self.alphas.logspace
+            return np.logspace(a, b, int(n))
+        return np.asarray(self.alphas, dtype=float)
+
+
+class StatsConfig(_Strict):
+    permutations: int = Field(0, ge=0)
+    block_size: int = Field(10, gt=0)
+    fdr: float = Field(0.05, gt=0, lt=1)
+
+
+class RoiConfig(_Strict):
+    atlas: str = "whole_cortex"
+    how: Literal["mean", "top10", "fraction_significant"] = "mean"
+
+
+class OutputConfig(_Strict):
+    store: str = "results.zarr"
+    figures: str | None = None
+    report: str | None = None
+
+
+class SlurmConfig(_Strict):
+    queue: str | None = None
+    cores: int = 4
+    memory: str = "16GB"
+    gpus: int = 0
+    walltime: str = "04:00:00"
+    jobs: int = 1
+    job_extra_directives: list[str] = Field(default_factory=list)
+
+
+class ExecutorConfig(_Strict):
+    kind: Literal["local", "dask", "slurm"] = "local"
+    workers: int = Field(2, gt=0)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+
+
+class RunConfig(_Strict):
+    dataset: DatasetConfig
+    model: ModelConfig
+    layers: Union[Literal["all"], list[int], Depths] = "all"
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    encoding: EncodingConfig = Field(default_factory=EncodingConfig)
+    stats: StatsConfig = Field(default_factory=StatsConfig)
+    rois: RoiConfig = Field(default_factory=RoiConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    #: where the config came from (set by load_config; not part of the hash)
+    source: str | None = Field(default=None, exclude=True)
+
+    def resolve_layers(self, n_layers: int) -> list[int]:
+        """Layer indices (0 = embeddings .. n_layers) this config asks for."""
+        if self.layers == "all":
+            return list(range(n_layers + 1))
+        if isinstance(self.layers, Depths):
+            return sorted({int(round(d * n_layers)) for d in self.layers.depths})
+        bad = [layer for layer in self.layers if not 0 <= layer <= n_layers]
+        if bad:
+            raise ValidationError(f"layers: {bad} out of range for a model with {n_layers} layers (0..{n_layers})")
+        return sorted(set(self.layers))
+
+
+# --------------------------------------------------------------------------------------
+def _node_line(root: yaml.Node | None, loc: tuple) -> int | None:
+    """1-based line of the YAML node at path ``loc`` (as deep as it exists)."""
+    node, line = root, None
+    if node is not None:
+        line = node.start_mark.line + 1
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for k, v in node.value:
+                if k.value == str(key):
+                    nxt, line = v, k.start_mark.line + 1
+                    break
+            if nxt is None:
+                break
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _format_errors(exc: PydanticValidationError, root: yaml.Node | None, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        # drop union-branch tags pydantic inserts (e.g. 'list[str]', 'EveryN')
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p[:1].isupper() or "[" in p or p.startswith("literal"))))
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        line = _node_line(root, loc)
+        where = f"{source}:{line}" if line else source
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{where}: {key}: {msg}")
+    # union errors repeat once per branch; keep each message once
+    return "\n".join(dict.fromkeys(lines))
+
+
+def load_config(path_or_dict: str | Path | dict) -> RunConfig:
+    """Read and validate a run config (YAML file or dict).
+
+    Raises
+    ------
+    ValidationError
+        With one line per problem: ``file:line: key.path: what is wrong``.
+    """
+    if isinstance(path_or_dict, dict):
+        data, root, source = path_or_dict, None, "config"
+    else:
+        path = Path(path_or_dict)
+        if not path.is_file():
+            raise ValidationError(f"config file {path} does not exist")
+        text = path.read_text()
+        source = str(path)
+        try:
+            root = yaml.compose(text)
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValidationError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValidationError(f"{path}: a run config is a YAML mapping (dataset:, model:, ...)")
+    try:
+        cfg = RunConfig.model_validate(data)
+    except PydanticValidationError as exc:
+        raise ValidationError(f"invalid run config:\n{_format_errors(exc, root, source)}") from None
+    cfg.source = source
+    return cfg
+
+
+def config_hash(cfg: RunConfig, parts: tuple[str, ...] = ("dataset", "model", "layers", "features", "encoding", "stats")) -> str:
+    """Hash of the settings that change a region's results (not outputs/executor/rois).
+
+    Two runs whose hashes differ must not write into the same store.
+    """
+    d = cfg.model_dump(mode="json")
+    sub = {k: d[k] for k in parts}
+    sub["model"] = {k: v for k, v in sub["model"].items() if k != "revisions"}  # adding checkpoints is compatible
+    return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,513 @@
+"""Run a sweep: checkpoints x layers x subjects, resumable, in-process or on Dask.
+
+The plan has one task per checkpoint: features for all layers (cached), encoders for
+all layers x subjects (subjects sharing stories share one design), ROI summaries. Each
+task writes its own region of the results store and then marks itself done, so a rerun
+after a crash redoes only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import resource
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .._version import __version__
+from ..errors import ValidationError
+from .config import RunConfig, config_hash, load_config
+from .store import ResultsStore
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Checkpoint", "Plan", "make_plan", "run", "run_checkpoint", "Sweep"]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One model checkpoint: a label in the store, and how to load it."""
+
+    label: str
+    model: str  # hub id or local folder passed to from_pretrained
+    revision: str | None  # hub revision (None for local folders)
+    step: float = np.nan
+    tokens: float = np.nan
+
+
+@dataclass
+class Plan:
+    """Everything fixed before any work starts (validated up front)."""
+
+    config: RunConfig
+    checkpoints: list[Checkpoint]
+    layers: list[int]
+    n_layers: int
+    subjects: list[str]
+    n_targets: int
+    space: str
+    hemi: np.ndarray
+    rois: list[str]
+    settings_hash: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def store_path(self) -> Path:
+        return Path(self.config.output.store).expanduser()
+
+    def layout_key(self) -> dict:
+        return {
+            "hash": self.settings_hash,
+            "checkpoints": [c.label for c in self.checkpoints],
+            "layers": self.layers,
+            "subjects": self.subjects,
+            "n_targets": self.n_targets,
+            "rois": self.rois,
+        }
+
+
+# -- dataset and model resolution -----------------------------------------------------
+_DATASETS: dict[str, Any] = {}
+
+
+def _dataset(cfg: RunConfig):
+    """Load the configured dataset once per process (metadata only; responses are lazy)."""
+    from .. import datasets
+
+    key = json.dumps(cfg.dataset.model_dump(mode="json"), sort_keys=True)
+    if key not in _DATASETS:
+        d = cfg.dataset
+        kwargs = dict(d.options)
+        if d.root is not None:
+            kwargs["root"] = str(Path(d.root).expanduser())
+        _DATASETS[key] = datasets.load(d.name, subjects=d.subjects, **kwargs)
+    return _DATASETS[key]
+
+
+def _training_axis(label: str, user: dict | None) -> tuple[float, float]:
+    if user and label in user:
+        v = user[label]
+        if isinstance(v, dict):
+            return float(v.get("step", np.nan)), float(v.get("tokens", np.nan))
+        return np.nan, float(v)
+    try:
+        from ..features import parse_revision
+    except ImportError:  # pragma: no cover - features always provides it
+        return np.nan, np.nan
+    axis = parse_revision(label) or {}
+    step, tokens = axis.get("step"), axis.get("tokens")
+    return (np.nan if step is None else float(step)), (np.nan if tokens is None else float(tokens))
+
+
+def _local_checkpoints(folder: Path) -> list[str]:
+    """Sub-folders of ``folder`` that hold a model (a config.json)."""
+    return [p.name for p in folder.iterdir() if p.is_dir() and (p / "config.json").is_file()]
+
+
+def resolve_checkpoints(cfg: RunConfig) -> list[Checkpoint]:
+    """Turn ``model.revisions`` into concrete checkpoints, checking each exists."""
+    from .config import EveryN, LogSpaced
+
+    m = cfg.model
+    name = os.path.expanduser(m.name)
+    local = Path(name).is_dir()
+    if local and not (Path(name) / "config.json").is_file():
+        available = _local_checkpoints(Path(name))
+        where = f"folder {name}"
+    elif local:
+        available = [None]
+        where = f"folder {name}"
+    else:
+        from ..features import list_revisions
+
+        available = list(list_revisions(m.name))
+        where = f"model {m.name}"
+
+    def axis(label):
+        return _training_axis(label, m.training_axis)
+
+    if available and available != [None]:
+        available = sorted(available, key=lambda r: (np.nan_to_num(axis(r)[0], nan=np.inf), r))
+
+    revs = m.revisions
+    if revs is None:
+        chosen = available
+    elif isinstance(revs, list):
+        missing = [r for r in revs if r not in available]
+        if missing:
+            shown = ", ".join(map(str, available[:8])) + (" ..." if len(available) > 8 else "")
+            raise ValidationError(f"model.revisions: {missing} not found in {where} (available: {shown or 'none'})")
+        chosen = list(revs)
+    elif isinstance(revs, EveryN):
+        chosen = available[:: revs.every]
+    elif isinstance(revs, LogSpaced):
+        steps = np.array([axis(r)[0] for r in available], dtype=float)
+        if np.isnan(steps).any():
+            raise ValidationError(f"model.revisions: log_spaced needs step numbers, but some of {where}'s revisions have none")
+        pos = np.log10(steps + 1)
+        targets = np.linspace(pos.min(), pos.max(), revs.log_spaced)
+        idx = sorted({int(np.argmin(np.abs(pos - t))) for t in targets})
+        chosen = [available[i] for i in idx]
+    else:  # pragma: no cover
+        raise ValidationError(f"model.revisions: unsupported value {revs!r}")
+    if not chosen:
+        raise ValidationError(f"model.revisions: no checkpoint found in {where}")
+    out = []
+    for r in chosen:
+        if r is None:
+            out.append(Checkpoint(label=Path(name).name, model=name, revision=None))
+        elif local:
+            out.append(Checkpoint(r, str(Path(name) / r), None, *axis(r)))
+        else:
+            out.append(Checkpoint(r, m.name, r, *axis(r)))
+    return out
+
+
+def _n_layers(ckpt: Checkpoint, trust_remote_code: bool) -> int:
+    from transformers import AutoConfig
+
+    conf = AutoConfig.from_pretrained(ckpt.model, revision=ckpt.revision, trust_remote_code=trust_remote_code)
+    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
+        if getattr(conf, attr, None):
+            return int(getattr(conf, attr))
+    raise ValidationError(f"model {ckpt.model}: cannot tell its number of layers from its config")
+
+
+def make_plan(config: RunConfig | str | Path | dict) -> Plan:
+    """Validate everything that can be validated before work starts.
+
+    Raises a :class:`ValidationError` naming the problem for an unknown config key, a
+    revision that does not exist, a subject not in the dataset, layers out of range.
+    """
+    from .. import rois
+
+    cfg = config if isinstance(config, RunConfig) else load_config(config)
+    ds = _dataset(cfg)
+    subjects = cfg.dataset.subjects or list(ds.subjects)
+    unknown = [s for s in subjects if s not in ds.subjects]
+    if unknown:
+        raise ValidationError(f"dataset.subjects: {unknown} not in dataset {ds.name} (subjects: {ds.subjects})")
+    spaces = {s: ds.space(s) for s in subjects}
+    names = {sp.name for sp in spaces.values()}
+    if len(names) > 1 and any(sp.is_surface for sp in spaces.values()):
+        raise ValidationError(f"dataset.subjects: subjects are in different spaces {sorted(names)}")
+    n_targets = max(sp.n_targets for sp in spaces.values())
+    first = spaces[subjects[0]]
+    hemi = first.hemi() if first.is_surface else np.full(n_targets, "", dtype="<U1")
+    checkpoints = resolve_checkpoints(cfg)
+    n_layers = _n_layers(checkpoints[-1], cfg.model.trust_remote_code)
+    layers = cfg.resolve_layers(n_layers)
+    roi_names = ["whole_cortex"]
+    if first.is_surface:
+        atlas = rois.load_atlas(cfg.rois.atlas, space=first.name)
+        roi_names = [atlas.names[k] for k in sorted(atlas.names) if k != 0]
+    return Plan(
+        config=cfg,
+        checkpoints=checkpoints,
+        layers=layers,
+        n_layers=n_layers,
+        subjects=subjects,
+        n_targets=n_targets,
+        space=first.name,
+        hemi=hemi,
+        rois=roi_names,
+        settings_hash=config_hash(cfg),
+    )
+
+
+# -- one task ----------------------------------------------------------------------
+def _variables(plan: Plan) -> dict[str, tuple[tuple[str, ...], str]]:
+    full = ("checkpoint", "layer", "subject", "target")
+    v = {
+        "score": (full, "float32"),
+        "r2": (full, "float32"),
+        "alpha": (full, "float32"),
+        "roi_score": (("checkpoint", "layer", "subject", "roi"), "float32"),
+        "feature_norm": (("checkpoint", "layer"), "float32"),
+        "lm_loss": (("checkpoint",), "float32"),
+        "task_seconds": (("checkpoint",), "float32"),
+        "task_peak_rss_mb": (("checkpoint",), "float32"),
+    }
+    if plan.config.stats.permutations > 0:
+        v["pvalue"] = (full, "float32")
+        v["significant"] = (full, "bool")
+    return v
+
+
+def _region(plan: Plan, ckpt: Checkpoint, res: xr.Dataset, roi: xr.DataArray | None, fs) -> xr.Dataset:
+    """Shape one checkpoint's results to the store's layout (NaN-padded targets)."""
+    vars_ = _variables(plan)
+    out = {}
+    for name, (dims, dtype) in vars_.items():
+        if dims[-1] != "target" or name not in res:
+            continue
+        da = res[name].transpose("layer", "subject", "target")
+        arr = np.full((len(plan.layers), len(plan.subjects), plan.n_targets), False if dtype == "bool" else np.nan, dtype=dtype)
+        li = [plan.layers.index(int(layer)) for layer in da.layer.values]
+        si = [plan.subjects.index(str(s)) for s in da.subject.values]
+        arr[np.ix_(li, si, np.arange(da.sizes["target"]))] = da.values.astype(dtype)
+        out[name] = (("layer", "subject", "target"), arr)
+    rs = np.full((len(plan.layers), len(plan.subjects), len(plan.rois)), np.nan, dtype="float32")
+    if roi is not None:
+        roi = roi.transpose("layer", "subject", "roi")
+        for k, name in enumerate(roi.roi.values.tolist()):
+            if name in plan.rois:
+                rs[:, :, plan.rois.index(name)] = roi.sel(roi=name).values
+    out["roi_score"] = (("layer", "subject", "roi"), rs)
+    norms = fs.metrics.get("norm", {}) if fs is not None else {}
+    out["feature_norm"] = (("layer",), np.array([norms.get(layer, np.nan) for layer in plan.layers], dtype="float32"))
+    loss = fs.metrics.get("loss", {}) if fs is not None else {}
+    out["lm_loss"] = ((), np.float32(np.mean(list(loss.values())) if loss else np.nan))
+    return xr.Dataset(out)
+
+
+def run_checkpoint(plan: Plan, index: int, progress: bool = False) -> dict:
+    """Features -> encoders -> ROI summary for one checkpoint; writes its region."""
+    from .. import encoding, features, rois
+
+    cfg = plan.config
+    ckpt = plan.checkpoints[index]
+    store = ResultsStore(plan.store_path)
+    if store.done(ckpt.label, plan.settings_hash):
+        return {"label": ckpt.label, "skipped": True}
+    t0, started = time.perf_counter(), datetime.now(timezone.utc).isoformat()
+    ds = _dataset(cfg)
+    f = cfg.features
+    fs = features.extract(
+        ds,
+        model=ckpt.model,
+        revision=ckpt.revision,
+        layers=plan.layers,
+        context_tokens=f.context_tokens,
+        batch_size=f.batch_size,
+        device=f.device,
+        dtype=f.dtype,
+        cache=f.cache,
+        word_reduction=f.word_reduction,
+        trust_remote_code=cfg.model.trust_remote_code,
+        progress=progress,
+    )
+    e = cfg.encoding
+    res = encoding.fit(
+        fs,
+        ds,
+        layers=plan.layers,
+        subjects=plan.subjects,
+        alphas=e.alpha_values(),
+        n_folds=e.n_folds,
+        backend=e.backend,
+        delays=tuple(e.delays),
+        stats=cfg.stats.permutations > 0,
+        n_permutations=cfg.stats.permutations,
+        block_size=cfg.stats.block_size,
+        fdr=cfg.stats.fdr,
+    )
+    roi = None
+    if plan.hemi[0] in ("L", "R"):
+        atlas = rois.load_atlas(cfg.rois.atlas, space=plan.space)
+        agg = rois.aggregate(res, atlas=atlas, how=cfg.rois.how)
+        roi = agg["roi_score"] if isinstance(agg, xr.Dataset) else agg
+    region = _region(plan, ckpt, res, roi, fs)
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    region["task_seconds"] = ((), np.float32(seconds))
+    region["task_peak_rss_mb"] = ((), np.float32(peak))
+    prov = {
+        "started": started,
+        "finished": datetime.now(timezone.utc).isoformat(),
+        "seconds": seconds,
+        "peak_rss_mb": peak,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+    store.write_region(ckpt.label, region, plan.settings_hash, prov)
+    log.info("checkpoint %s done in %.1f s", ckpt.label, seconds)
+    return {"label": ckpt.label, "skipped": False, **prov}
+
+
+# -- executors -----------------------------------------------------------------------
+def _run_local(plan: Plan, todo: list[int], progress: bool) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    out = []
+    for i in tqdm(todo, desc="checkpoints", unit="ckpt", disable=not progress):
+        out.append(run_checkpoint(plan, i))
+    return out
+
+
+def _run_dask(plan: Plan, todo: list[int], progress: bool, client=None, cluster=None) -> list[dict]:
+    from distributed import Client, as_completed
+    from tqdm.auto import tqdm
+
+    own = client is None
+    if own:
+        client = Client(cluster)
+    try:
+        gpu = plan.config.executor.slurm.gpus > 0 and plan.config.executor.kind == "slurm"
+        resources = {"GPU": 1} if gpu else None
+        futures = [client.submit(run_checkpoint, plan, i, key=f"checkpoint-{plan.checkpoints[i].label}-{plan.settings_hash}", resources=resources, pure=False) for i in todo]
+        out = []
+        for fut in tqdm(as_completed(futures), total=len(futures), desc="checkpoints", unit="ckpt", disable=not progress):
+            out.append(fut.result())
+        return out
+    finally:
+        if own:
+            client.close()
+
+
+def _cluster(plan: Plan, workers: int | None):
+    ex = plan.config.executor
+    if ex.kind == "dask":
+        from distributed import LocalCluster
+
+        return LocalCluster(n_workers=workers or ex.workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    if ex.kind == "slurm":
+        try:
+            from dask_jobqueue import SLURMCluster
+        except ImportError as exc:  # pragma: no cover
+            raise ValidationError("executor.kind: slurm needs dask-jobqueue: pip install 'brainalign[dask]'") from exc
+        s = ex.slurm
+        extra = list(s.job_extra_directives)
+        worker_args = []
+        if s.gpus:
+            extra.append(f"--gres=gpu:{s.gpus}")
+            worker_args = ["--resources", f"GPU={s.gpus}"]
+        cluster = SLURMCluster(
+            queue=s.queue, cores=s.cores, memory=s.memory, walltime=s.walltime, processes=1,
+            job_extra_directives=extra, worker_extra_args=worker_args,
+        )
+        cluster.scale(jobs=workers or s.jobs)
+        return cluster
+    return None
+
+
+def _provenance(plan: Plan) -> dict:
+    import importlib.metadata as md
+
+    versions = {}
+    for dist in ("numpy", "scipy", "scikit-learn", "himalaya", "torch", "transformers", "xarray", "zarr", "nilearn"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            versions[dist] = None
+    commit = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "brainalign_version": __version__,
+        "package_versions": versions,
+        "git_commit": commit,
+        "python": platform.python_version(),
+        "created": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+def run(
+    config: RunConfig | str | Path | dict,
+    force: bool = False,
+    executor: str | None = None,
+    workers: int | None = None,
+    client=None,
+    progress: bool = True,
+) -> "Sweep":
+    """Run (or resume) a sweep and return its results.
+
+    Parameters
+    ----------
+    config : a :class:`RunConfig`, a YAML path or a dict.
+    force : discard an existing store made with other settings and start over.
+    executor : ``"local"``, ``"dask"`` or ``"slurm"`` (overrides the config).
+    workers : number of Dask workers (overrides the config).
+    client : an existing ``distributed.Client`` to run on.
+    """
+    cfg = config if isinstance(config, RunConfig) else load_config(config)
+    if executor is not None or workers is not None:
+        ex = cfg.executor.model_copy(update={k: v for k, v in {"kind": executor, "workers": workers}.items() if v is not None})
+        cfg = cfg.model_copy(update={"executor": ex})
+    plan = make_plan(cfg)
+    store = ResultsStore(plan.store_path)
+    coords = {
+        "checkpoint": np.array([c.label for c in plan.checkpoints]),
+        "step": ("checkpoint", np.array([c.step for c in plan.checkpoints], dtype=float)),
+        "tokens": ("checkpoint", np.array([c.tokens for c in plan.checkpoints], dtype=float)),
+        "layer": np.array(plan.layers),
+        "depth": ("layer", np.array(plan.layers, dtype=float) / max(plan.n_layers, 1)),
+        "subject": np.array(plan.subjects),
+        "target": np.arange(plan.n_targets),
+        "hemi": ("target", plan.hemi),
+        "roi": np.array(plan.rois),
+    }
+    attrs = {
+        "config": cfg.model_dump(mode="json"),
+        "settings_hash": plan.settings_hash,
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "space": plan.space,
+        "n_layers": plan.n_layers,
+        **_provenance(plan),
+    }
+    store.create(coords, _variables(plan), attrs=attrs, layout_key=plan.layout_key(), force=force)
+    todo = [i for i, c in enumerate(plan.checkpoints) if not store.done(c.label, plan.settings_hash)]
+    log.info("%d of %d checkpoints to do", len(todo), len(plan.checkpoints))
+    if todo:
+        kind = cfg.executor.kind
+        if kind == "local" and client is None:
+            _run_local(plan, todo, progress)
+        else:
+            cluster = None if client is not None else _cluster(plan, workers)
+            try:
+                _run_dask(plan, todo, progress, client=client, cluster=cluster)
+            finally:
+                if cluster is not None:
+                    cluster.close()
+    store.set_attrs(completed=datetime.now(timezone.utc).isoformat(), tasks=store.done_info())
+    return Sweep(plan.store_path)
+
+
+class Sweep:
+    """A finished (or partly finished) sweep's results store."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.store = ResultsStore(path)
+        self.path = Path(path)
+
+    @property
+    def results(self) -> xr.Dataset:
+        return self.store.load()
+
+    @property
+    def config(self) -> dict:
+        return self.results.attrs.get("config", {})
+
+    def roi_curve(self, roi: str = "whole_cortex", layer: int | str = "best") -> xr.DataArray:
+        """Alignment of ``roi`` over checkpoints (subject x checkpoint).
+
+        ``layer="best"`` takes, for each checkpoint, the layer with the best subject-mean
+        score; an int takes that layer.
+        """
+        rs = self.results["roi_score"]
+        if roi not in rs.roi.values:
+            raise ValidationError(f"no ROI {roi!r} in {self.path} (ROIs: {list(rs.roi.values)})")
+        r = rs.sel(roi=roi)
+        if layer == "best":
+            best = r.mean("subject").fillna(-np.inf).argmax("layer")
+            return r.isel(layer=best)
+        return r.sel(layer=int(layer))
+
+    def __repr__(self) -> str:
+        return f"Sweep({self.path})"

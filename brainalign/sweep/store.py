@@ -1,0 +1,215 @@
+"""The results store: one xarray Dataset as zarr, written region by region.
+
+The store is created once with its full coordinates and empty (NaN) variables. Each
+task writes its own region (one checkpoint) and only *then* marks itself done by an
+atomic rename of a small JSON file under ``<store>/.brainalign/done/``. A region without
+its marker is never taken as done: a run killed mid-write redoes that region. Each
+marker carries the hash of the settings that made the region, so a later run with
+incompatible settings is refused instead of mixing results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ..errors import ValidationError
+
+__all__ = ["ResultsStore", "IncompatibleStoreError", "atomic_write_text"]
+
+_META = ".brainalign"
+
+
+class IncompatibleStoreError(ValidationError):
+    """The store holds results made with other settings (use force=True to start over)."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _zarr_kwargs() -> dict[str, Any]:
+    import zarr
+
+    kw: dict[str, Any] = {"consolidated": False}
+    if int(zarr.__version__.split(".")[0]) >= 3:
+        kw["zarr_format"] = 2  # stable on-disk format for fixed-width strings
+    return kw
+
+
+def _open_kwargs() -> dict[str, Any]:
+    return {"consolidated": False}
+
+
+@contextmanager
+def _quiet():
+    """Silence zarr's note that our marker folder is not part of the hierarchy."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
+        yield
+
+
+class ResultsStore:
+    """A zarr store of sweep results with per-region done markers.
+
+    Parameters
+    ----------
+    path : path of the ``.zarr`` folder.
+    region_dim : the dimension along which tasks own regions (default ``checkpoint``).
+    """
+
+    def __init__(self, path: str | os.PathLike, region_dim: str = "checkpoint") -> None:
+        self.path = Path(path)
+        self.region_dim = region_dim
+
+    # -- layout ------------------------------------------------------------------
+    @property
+    def _meta(self) -> Path:
+        return self.path / _META
+
+    def exists(self) -> bool:
+        return (self._meta / "layout.json").is_file()
+
+    def layout(self) -> dict:
+        return json.loads((self._meta / "layout.json").read_text())
+
+    def create(
+        self,
+        coords: dict[str, Any],
+        variables: dict[str, tuple[tuple[str, ...], str]],
+        attrs: dict[str, Any] | None = None,
+        layout_key: dict[str, Any] | None = None,
+        force: bool = False,
+    ) -> bool:
+        """Create the empty store, or check an existing one has the same layout.
+
+        ``coords`` maps names to arrays (dimension coordinates) or ``(dims, values)``;
+        ``variables`` maps names to ``(dims, dtype)``. ``layout_key`` is what must match
+        for a rerun to reuse the store (dims, coordinates, settings hash).
+
+        Returns True when a new store was created.
+        """
+        import dask.array as da
+
+        key = json.loads(json.dumps(layout_key or {}, default=_jsonable))
+        if self.exists() and not force:
+            old = self.layout()
+            if old != key:
+                diff = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
+                raise IncompatibleStoreError(
+                    f"results store {self.path} was made with other settings ({', '.join(diff)} differ); "
+                    "use another output store, or --force to discard it and start over"
+                )
+            return False
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        ds = xr.Dataset(coords={k: (v if isinstance(v, tuple) else np.asarray(v)) for k, v in coords.items()})
+        for name, (dims, dtype) in variables.items():
+            shape = tuple(ds.sizes[d] for d in dims)
+            chunks = tuple(1 if d == self.region_dim else ds.sizes[d] for d in dims)
+            fill = False if np.dtype(dtype) == bool else np.nan
+            ds[name] = (dims, da.full(shape, fill, chunks=chunks, dtype=dtype))
+        ds.attrs.update({k: json.dumps(v, default=_jsonable) if isinstance(v, (dict, list)) else v for k, v in (attrs or {}).items()})
+        ds.to_zarr(self.path, mode="w", compute=False, **_zarr_kwargs())
+        atomic_write_text(self._meta / "layout.json", json.dumps(key, indent=1, sort_keys=True))
+        return True
+
+    # -- regions -----------------------------------------------------------------
+    def _marker(self, label: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(label))
+        return self._meta / "done" / f"{safe}.json"
+
+    def done(self, label: str, settings_hash: str | None = None) -> bool:
+        """True when region ``label`` was completely written (with these settings)."""
+        m = self._marker(label)
+        if not m.is_file():
+            return False
+        info = json.loads(m.read_text())
+        if settings_hash is not None and info.get("hash") != settings_hash:
+            raise IncompatibleStoreError(
+                f"results store {self.path}: region {label!r} was made with other settings "
+                f"(hash {info.get('hash')} != {settings_hash}); use --force to redo it"
+            )
+        return True
+
+    def done_info(self) -> dict[str, dict]:
+        d = self._meta / "done"
+        if not d.is_dir():
+            return {}
+        return {json.loads(p.read_text())["label"]: json.loads(p.read_text()) for p in sorted(d.glob("*.json"))}
+
+    def write_region(self, label: str, region: xr.Dataset, settings_hash: str, provenance: dict | None = None) -> None:
+        """Write one region's values, then mark it done (in that order)."""
+        labels = self.open()[self.region_dim].values.tolist()
+        if label not in labels:
+            raise ValidationError(f"results store {self.path}: no {self.region_dim} {label!r}")
+        i = labels.index(label)
+        region = region.expand_dims(self.region_dim) if self.region_dim not in region.dims else region
+        keep = [v for v in region.data_vars if self.region_dim in region[v].dims]
+        region = region[keep].drop_vars([c for c in region.coords], errors="ignore")
+        self._marker(label).unlink(missing_ok=True)
+        with _quiet():
+            region.to_zarr(self.path, region={self.region_dim: slice(i, i + 1)}, mode="r+", **_zarr_kwargs())
+        info = {"label": label, "index": i, "hash": settings_hash, **(provenance or {})}
+        atomic_write_text(self._marker(label), json.dumps(info, default=_jsonable, indent=1))
+
+    def open(self) -> xr.Dataset:
+        if not self.path.exists():
+            raise ValidationError(f"results store {self.path} does not exist")
+        with _quiet():
+            return xr.open_zarr(self.path, **_open_kwargs())
+
+    def load(self) -> xr.Dataset:
+        """The whole store in memory, with JSON attrs decoded and a ``done`` mask."""
+        with _quiet():
+            ds = self.open().load()
+        ds.attrs = {k: _maybe_json(v) for k, v in ds.attrs.items()}
+        done = self.done_info()
+        ds.coords["done"] = (self.region_dim, np.array([str(c) in done for c in ds[self.region_dim].values]))
+        return ds
+
+    def set_attrs(self, **attrs: Any) -> None:
+        """Add or replace global attributes (JSON-encoded when not scalar)."""
+        import zarr
+
+        group = zarr.open_group(str(self.path), mode="r+")
+        group.attrs.update({k: json.dumps(v, default=_jsonable) if isinstance(v, (dict, list)) else v for k, v in attrs.items()})
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _maybe_json(v: Any) -> Any:
+    if isinstance(v, str) and v[:1] in "[{":
+        try:
+            return json.loads(v)
+        except ValueError:
+            return v
+    return v
