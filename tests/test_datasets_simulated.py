@@ -1,0 +1,131 @@
+import numpy as np
+import pytest
+
+from brainalign import ValidationError
+from brainalign.datasets import load, simulate
+from brainalign.datasets._corpus import natural_timing, story_names, tokenize
+from brainalign.datasets.simulated import corpus_stories, word_embedding_features
+
+
+def _small(**kw):
+    args = dict(n_subjects=2, stories=3, space=200, features=word_embedding_features(16), snr=1.0)
+    args.update(kw)
+    return simulate(**args)
+
+
+def test_corpus_is_real_prose_with_natural_timing():
+    names = story_names()
+    assert len(names) >= 10
+    stories, respdict = corpus_stories(names)
+    n_words = sum(s.n_words for s in stories)
+    assert n_words > 4000
+    for s in stories:
+        rate = s.n_words / (s.offsets[-1] - s.onsets[0])
+        assert 2.0 <= rate <= 3.2, (s.name, rate)
+        # longer words last longer
+        lens = np.array([len(w) for w in s.words])
+        dur = s.offsets - s.onsets
+        assert dur[lens >= 8].mean() > 1.5 * dur[lens <= 3].mean()
+        # lebel grid: respdict - 20 rows kept
+        assert s.n_trs == respdict[s.name] - 20
+        assert s.tr_times[0] == 2.0 * 10 - 10.0 + 1.0
+
+
+def test_sentence_ends_get_pauses():
+    words, pauses = tokenize("One two, three. Four five!\n\nSix seven.")
+    assert words == ["One", "two", "three", "Four", "five", "Six", "seven"]
+    assert list(pauses) == [0, 1, 2, 0, 3, 0, 3]
+    on, off = natural_timing(words, pauses, seed=1, name="x")
+    gaps = on[1:] - off[:-1]
+    assert gaps[2] > 3 * gaps[0] and gaps[4] > gaps[2] * 1.1
+    on2, _ = natural_timing(words, pauses, seed=1, name="x")
+    np.testing.assert_array_equal(on, on2)
+
+
+def test_simulate_structure_and_determinism():
+    ds = _small()
+    assert ds.subjects == ["sim01", "sim02"]
+    assert ds.test_stories == ["thelighthousekeeper"] and len(ds.train_stories) == 2
+    for st in ds.stories:
+        y = ds.responses("sim01", st)
+        assert y.shape == (ds.stories[st].n_trs, 200) and y.dtype == np.float32
+        np.testing.assert_allclose(y.mean(0), 0, atol=1e-5)
+    np.testing.assert_array_equal(ds.responses("sim02", "theflood"), _small().responses("sim02", "theflood"))
+    assert not np.allclose(ds.responses("sim01", "theflood"), ds.responses("sim02", "theflood"))
+    rep = ds.repeats("sim01", "thelighthousekeeper")
+    assert rep.shape == (4, ds.stories["thelighthousekeeper"].n_trs, 200)
+    assert not ds.has_repeats("sim01", "theflood")
+
+
+def test_planted_signal_matches_ground_truth():
+    ds = _small(snr=2.0, n_subjects=1, stories=4)
+    gt = ds.ground_truth
+    m = gt.responsive["sim01"]
+    assert 10 < m.sum() < 150
+    rs, rn = [], []
+    for st in ds.train_stories:
+        y = ds.responses("sim01", st)
+        s = gt.signal("sim01", st)
+        assert np.all(s[:, ~m] == 0)
+        rs += [np.corrcoef(y[:, i], s[:, i])[0, 1] for i in np.flatnonzero(m)]
+    # realised correlation with the true signal is what the ground truth says
+    assert abs(np.mean(rs) - gt.expected_r["sim01"][m].mean()) < 0.06
+    assert np.all(gt.expected_r["sim01"][~m] == 0)
+    # the average of repeats is closer to the signal: the ceiling
+    t = ds.test_stories[0]
+    y = ds.responses("sim01", t)
+    s = gt.signal("sim01", t)
+    rc = np.mean([np.corrcoef(y[:, i], s[:, i])[0, 1] for i in np.flatnonzero(m)])
+    assert abs(rc - gt.ceiling["sim01"][m].mean()) < 0.06
+    assert gt.ceiling["sim01"][m].mean() > gt.expected_r["sim01"][m].mean() + 0.05
+
+
+def test_noise_is_autocorrelated_and_smooth():
+    ds = _small(n_subjects=1, snr=0.5, ar=0.6, smoothing=4)
+    y = ds.responses("sim01", "theflood")
+    lag1 = np.mean([np.corrcoef(y[:-1, i], y[1:, i])[0, 1] for i in range(0, 200, 7)])
+    neigh = np.mean([np.corrcoef(y[:, i], y[:, i + 1])[0, 1] for i in range(0, 99, 3)])
+    far = np.mean([np.corrcoef(y[:, i], y[:, i + 40])[0, 1] for i in range(0, 59, 3)])
+    assert lag1 > 0.35
+    assert neigh > 0.4 and abs(far) < 0.2
+    white = _small(n_subjects=1, snr=0.5, ar=0.0, smoothing=0).responses("sim01", "theflood")
+    assert np.mean([np.corrcoef(white[:-1, i], white[1:, i])[0, 1] for i in range(0, 200, 7)]) < lag1 - 0.2
+
+
+def test_fsaverage5_regions_on_mesh():
+    ds = simulate(n_subjects=2, stories=2, features=word_embedding_features(8), n_repeats=2)
+    assert ds.space("sim01").n_targets == 20484
+    gt = ds.ground_truth
+    lab = gt.roi_labels["sim01"]
+    nl = 10242
+    names = gt.roi_names
+    for k, name in names.items():
+        where = np.flatnonzero(lab == k)
+        assert where.size > 30
+        assert np.all(where < nl) if name.startswith("L_") else np.all(where >= nl)
+    # subjects' regions differ slightly but overlap mostly
+    a, b = gt.responsive["sim01"], gt.responsive["sim02"]
+    assert (a != b).any() and (a & b).sum() > 0.5 * a.sum()
+    y = ds.responses("sim01", ds.train_stories[0])
+    assert y.shape[1] == 20484
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValidationError, match="test_story"):
+        _small(test_story="nosuchstory")
+    with pytest.raises(ValidationError, match="snr"):
+        _small(snr=0)
+    with pytest.raises(ValidationError, match="not corpus stories"):
+        _small(stories=["theflood", "nope"])
+
+    def bad(story):
+        return np.zeros((story.n_words + 1, 3))
+
+    with pytest.raises(ValidationError, match="feature source"):
+        _small(features=bad)
+
+
+def test_load_simulated_registry_and_subset():
+    ds = load("simulated", subjects=["sim02"], n_subjects=2, stories=2, space=100, features=word_embedding_features(4))
+    assert ds.subjects == ["sim02"]
+    assert ds.ground_truth.snr == 1.0
