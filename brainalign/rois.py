@@ -1,0 +1,282 @@
+"""Atlases and ROI aggregation: target-level scores -> ROI curves over layers and training.
+
+>>> atlas = load_atlas("language")                       # offline, fsaverage5
+>>> curves = aggregate(results, atlas=atlas, how="mean")  # roi x checkpoint x layer x subject
+
+See :mod:`brainalign.surfaces.atlases` for every atlas source and
+:mod:`brainalign.surfaces.meshes` for meshes, the medial wall and resampling.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Sequence
+
+import numpy as np
+
+from .errors import ValidationError
+from .surfaces.atlases import LANGUAGE_ROIS, OFFLINE_ATLASES, Atlas, load_atlas
+from .surfaces.meshes import medial_wall, resample, space_of_size
+
+__all__ = ["Atlas", "load_atlas", "aggregate", "roi_values", "LANGUAGE_ROIS", "OFFLINE_ATLASES", "medial_wall", "resample"]
+
+log = logging.getLogger(__name__)
+
+_HOWS = ("mean", "median", "top10", "fraction_significant")
+
+
+def _target_labels(results, atlas: "str | Atlas", **atlas_kw) -> tuple[Atlas, np.ndarray]:
+    """The atlas on the results' space and one label per entry of the target dim."""
+    n = int(results.sizes["target"])
+    space = results.attrs.get("space")
+    if not isinstance(atlas, Atlas):
+        if space is None:
+            space = space_of_size(n)
+        atlas = load_atlas(atlas, space, **atlas_kw)
+    elif space is not None and str(space).startswith("fsaverage") and atlas.space != space:
+        atlas = atlas.resample(space)
+    if n == atlas.n_targets:
+        return atlas, np.asarray(atlas.labels)
+    tgt = np.asarray(results["target"].values) if "target" in results.coords else None
+    if tgt is not None and np.issubdtype(tgt.dtype, np.integer) and tgt.size and 0 <= tgt.min() and tgt.max() < atlas.n_targets:
+        return atlas, np.asarray(atlas.labels)[tgt]
+    raise ValidationError(
+        f"results have {n} targets but atlas {atlas.name!r} ({atlas.space}) has {atlas.n_targets}, "
+        "and the 'target' coordinate does not index into it"
+    )
+
+
+def roi_values(
+    values: np.ndarray,
+    labels: np.ndarray,
+    codes: Sequence[int],
+    how: str = "mean",
+    *,
+    top: float = 0.1,
+) -> np.ndarray:
+    """Aggregate the last axis of ``values`` within each label in ``codes``.
+
+    NaNs are ignored; an ROI with no finite value gives NaN.
+
+    Parameters
+    ----------
+    values : array (..., n_targets)
+    labels : int array (n_targets,)
+    codes : label values, one output column each
+    how : "mean", "median", "top10" (mean of the top ``top`` fraction, at least one
+        target, by value) or "fraction_significant" (mean of a boolean array)
+
+    Returns
+    -------
+    array (..., len(codes)), float64
+    """
+    values = np.asarray(values)
+    labels = np.asarray(labels)
+    if values.shape[-1] != labels.shape[0]:
+        raise ValidationError(f"values have {values.shape[-1]} targets, labels {labels.shape[0]}")
+    if how not in _HOWS:
+        raise ValidationError(f"how must be one of {', '.join(_HOWS)}, got {how!r}")
+    lead = values.shape[:-1]
+    flat = values.reshape(-1, values.shape[-1]).astype(np.float64, copy=False)
+    out = np.full((flat.shape[0], len(codes)), np.nan)
+    if how in ("mean", "fraction_significant"):
+        import scipy.sparse as sp
+
+        finite = np.isfinite(flat)
+        clean = np.where(finite, flat, 0.0)
+        col = {c: j for j, c in enumerate(codes)}
+        rows = np.flatnonzero(np.isin(labels, list(codes)))
+        onehot = sp.csr_matrix(
+            (np.ones(len(rows)), (rows, [col[c] for c in labels[rows]])), shape=(labels.shape[0], len(codes))
+        )
+        sums = np.asarray((onehot.T @ clean.T).T)
+        counts = np.asarray((onehot.T @ finite.T.astype(np.float64)).T)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    else:
+        for j, c in enumerate(codes):
+            sub = flat[:, labels == c]
+            if sub.shape[1] == 0:
+                continue
+            if how == "median":
+                with np.errstate(all="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    out[:, j] = np.nanmedian(np.where(np.isfinite(sub), sub, np.nan), axis=1)
+                continue
+            k = max(1, int(np.ceil(top * sub.shape[1])))
+            s = np.where(np.isfinite(sub), sub, -np.inf)
+            part = -np.partition(-s, k - 1, axis=1)[:, :k] if k < s.shape[1] else s
+            part = np.where(np.isfinite(part), part, np.nan)
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                out[:, j] = np.nanmean(part, axis=1)
+    return out.reshape(*lead, len(codes))
+
+
+def _top_ceiling(score: np.ndarray, ceiling: np.ndarray, labels: np.ndarray, codes: Sequence[int], top: float) -> np.ndarray:
+    """Mean ceiling over the same top targets that ``top10`` picks by score."""
+    flat_s = score.reshape(-1, score.shape[-1])
+    flat_c = ceiling.reshape(-1, ceiling.shape[-1])
+    out = np.full((flat_s.shape[0], len(codes)), np.nan)
+    for j, c in enumerate(codes):
+        m = labels == c
+        s, cc = flat_s[:, m], flat_c[:, m]
+        if s.shape[1] == 0:
+            continue
+        k = max(1, int(np.ceil(top * s.shape[1])))
+        order = np.argsort(-np.where(np.isfinite(s), s, -np.inf), axis=1)[:, :k]
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out[:, j] = np.nanmean(np.take_along_axis(cc, order, axis=1), axis=1)
+    return out.reshape(*score.shape[:-1], len(codes))
+
+
+def aggregate(
+    results,
+    atlas: "str | Atlas" = "whole_cortex",
+    how: str = "mean",
+    *,
+    var: str = "score",
+    top: float = 0.1,
+    alpha: float = 0.05,
+    rois: Sequence[str] | None = None,
+    **atlas_kw,
+):
+    """Aggregate target-level results within each ROI of an atlas.
+
+    Parameters
+    ----------
+    results : xarray.Dataset or xarray.DataArray
+        Encoding (or sweep) results with a ``target`` dimension and any of
+        ``checkpoint``, ``layer``, ``subject``. A DataArray is taken as ``var``.
+    atlas : str or Atlas
+        An atlas name for :func:`load_atlas` (on the results' ``space`` attribute), or an
+        :class:`Atlas` (surface atlases are carried to the results' fsaverage level).
+    how : {"mean", "median", "top10", "fraction_significant"}
+        Mean over the ROI's targets; median; mean of the best ``top`` fraction (10%);
+        or the fraction of targets significant (the ``significant`` variable, else
+        ``pvalue < alpha``).
+    var : str
+        The variable aggregated by "mean"/"median"/"top10".
+    rois : list of str, optional
+        Keep only these ROIs.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``roi`` then the input's other dims (e.g. ``checkpoint, layer, subject``).
+        Variables: ``<var>`` (or ``fraction_significant``) per subject;
+        ``<name>_mean`` and ``<name>_sem`` over subjects (SEM = sd(ddof=1)/sqrt(n),
+        NaN for one subject); with a ``ceiling`` variable, ``<var>_normalised`` =
+        ROI aggregate of the score / the mean ceiling over the same targets (ratio of
+        means, not clipped), with its mean and SEM; with a ``layer`` dim,
+        ``best_layer`` (argmax over layers of the subject mean, per ROI and checkpoint;
+        float with NaN where an ROI has no finite value),
+        ``best_depth`` (relative depth = layer / number of layers of that layer) and
+        ``best_<name>``; ``n_targets`` per ROI. Coordinates ``roi_label`` and the
+        input's (``depth``, ``step``, ``tokens``...) are kept.
+    """
+    import xarray as xr
+
+    if how not in _HOWS:
+        raise ValidationError(f"how must be one of {', '.join(_HOWS)}, got {how!r}")
+    if isinstance(results, xr.DataArray):
+        results = results.to_dataset(name=results.name or var)
+    if not isinstance(results, xr.Dataset):
+        raise ValidationError(f"results must be an xarray Dataset or DataArray, got {type(results).__name__}")
+    if "target" not in results.dims:
+        raise ValidationError(f"results need a 'target' dimension; they have {tuple(results.dims)}")
+    if not 0 < top <= 1:
+        raise ValidationError(f"top must be in (0, 1], got {top}")
+    atlas, labels = _target_labels(results, atlas, **atlas_kw)
+    codes = list(atlas.names)
+    names = [atlas.names[c] for c in codes]
+    if rois is not None:
+        keep = [atlas.label_of(r) for r in rois]
+        codes, names = keep, [atlas.names[c] for c in keep]
+
+    if how == "fraction_significant":
+        if "significant" in results:
+            src = results["significant"].astype(np.float64)
+        elif "pvalue" in results:
+            src = (results["pvalue"] < alpha).astype(np.float64).where(results["pvalue"].notnull())
+        else:
+            raise ValidationError("how='fraction_significant' needs a 'significant' or 'pvalue' variable (fit with stats=True)")
+        out_name = "fraction_significant"
+        agg_how = "fraction_significant"
+    else:
+        if var not in results:
+            raise ValidationError(f"results have no variable {var!r}; they have {', '.join(results.data_vars)}")
+        src = results[var]
+        out_name = var
+        agg_how = how
+    src = src.transpose(..., "target")
+    other = [d for d in src.dims if d != "target"]
+    data = np.asarray(src.values)
+    agg = roi_values(data, labels, codes, agg_how, top=top)
+
+    coords = {k: v for k, v in src.coords.items() if "target" not in v.dims}
+    coords["roi"] = names
+    coords["roi_label"] = ("roi", np.asarray(codes, dtype=np.int64))
+    dims = (*other, "roi")
+    ds = xr.Dataset({out_name: (dims, agg)}, coords=coords)
+    counts = np.bincount(labels, minlength=max(codes, default=0) + 1)
+    ds["n_targets"] = ("roi", counts[codes].astype(np.int64))
+
+    if how != "fraction_significant" and "ceiling" in results and var != "ceiling":
+        ceil = results["ceiling"].broadcast_like(src).transpose(*src.dims)
+        cdata = np.asarray(ceil.values, dtype=np.float64)
+        if how == "top10":
+            cagg = _top_ceiling(np.asarray(data, dtype=np.float64), cdata, labels, codes, top)
+        else:
+            cagg = roi_values(cdata, labels, codes, how)
+        bad = np.isfinite(cagg) & (cagg <= 0)
+        if bad.any():
+            log.warning("ROI ceiling <= 0 in %d cells; their normalised scores are NaN", int(bad.sum()))
+        with np.errstate(all="ignore"):
+            norm = np.where(cagg > 0, agg / np.where(cagg > 0, cagg, 1.0), np.nan)
+        ds[f"{var}_normalised"] = (dims, norm)
+        ds["ceiling"] = (dims, cagg)
+
+    for name in [v for v in list(ds.data_vars) if v not in ("n_targets", "ceiling")]:
+        if "subject" in ds[name].dims:
+            n = ds[name].notnull().sum("subject")
+            ds[f"{name}_mean"] = ds[name].mean("subject", skipna=True)
+            sd = ds[name].std("subject", ddof=1, skipna=True)
+            ds[f"{name}_sem"] = (sd / np.sqrt(n)).where(n > 1)
+
+    if "layer" in ds.dims:
+        base = f"{out_name}_mean" if f"{out_name}_mean" in ds else out_name
+        filled = ds[base].fillna(-np.inf)
+        idx = np.asarray(filled.argmax("layer"))
+        layers = np.asarray(ds["layer"].values)
+        depth = _depth(results)
+        best_dims = [d for d in filled.dims if d != "layer"]
+        best_coords = {k: v for k, v in filled.coords.items() if "layer" not in v.dims}
+        ds["best_layer"] = xr.DataArray(layers[idx], dims=best_dims, coords=best_coords)
+        ds["best_depth"] = xr.DataArray(np.asarray(depth)[idx], dims=best_dims, coords=best_coords)
+        ds[f"best_{out_name}"] = ds[base].max("layer", skipna=True)
+        if "depth" not in ds.coords:
+            ds = ds.assign_coords(depth=("layer", depth))
+        finite = np.isfinite(ds[f"best_{out_name}"])
+        if not bool(finite.all()):  # an ROI without any finite value has no best layer
+            ds["best_layer"] = ds["best_layer"].where(finite)
+            ds["best_depth"] = ds["best_depth"].where(finite)
+
+    ds = ds.transpose("roi", *[d for d in ds.dims if d != "roi"])
+    ds.attrs = {k: v for k, v in results.attrs.items()}
+    ds.attrs.update(atlas=atlas.name, atlas_space=atlas.space, how=how, var=out_name)
+    if how == "top10":
+        ds.attrs["top"] = top
+    return ds
+
+
+def _depth(results) -> np.ndarray:
+    """Relative depth per layer: the ``depth`` coord, else layer / n_layers (attr), else layer / max layer."""
+    if "depth" in results.coords and results["depth"].dims == ("layer",):
+        return np.asarray(results["depth"].values, dtype=np.float64)
+    layers = np.asarray(results["layer"].values, dtype=np.float64)
+    n = results.attrs.get("n_layers")
+    n = float(n) if n else float(layers.max() or 1.0)
+    return layers / n
