@@ -1,0 +1,62 @@
+"""``brainalign datasets list`` and ``brainalign datasets check NAME ROOT``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from . import REGISTRY, available
+
+
+def _list(args: argparse.Namespace) -> int:
+    width = max(len(k) for k in REGISTRY)
+    for name, text in available().items():
+        print(f"{name:<{width}}  {text}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    if args.name not in REGISTRY:
+        print(f"unknown dataset {args.name!r}; known: {', '.join(REGISTRY)}")
+        return 2
+    mod = importlib.import_module(f"brainalign.datasets.{REGISTRY[args.name][0]}")
+    if not hasattr(mod, "check"):
+        print(f"{args.name}: nothing to check (generated on demand)")
+        return 0
+    if args.root is None:
+        print(f"{args.name}: give the dataset folder: brainalign datasets check {args.name} ROOT")
+        return 2
+    subjects = args.subjects.split(",") if args.subjects else None
+    rep = mod.check(args.root, subjects=subjects)
+    print(f"{args.name} at {args.root}")
+    print(f"  present:        {len(rep['present'])} files")
+    for key, label in (("not_downloaded", "not downloaded (git-annex pointers)"), ("missing", "missing")):
+        items = rep[key]
+        print(f"  {label}: {len(items)} files")
+        for p in items[: args.max_list]:
+            print(f"    {p}")
+        if len(items) > args.max_list:
+            print(f"    ... and {len(items) - args.max_list} more")
+    for line in rep.get("problems", []):
+        print(f"  problem: {line}")
+    if rep["ok"]:
+        print("  everything needed is present")
+        return 0
+    if rep.get("command"):
+        print("  get it with:")
+        print(f"    {rep['command']}")
+    return 1
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("datasets", help="list datasets; check what of one is on disk")
+    sub = p.add_subparsers(dest="datasets_command", metavar="ACTION")
+    q = sub.add_parser("list", help="the datasets brainalign can read")
+    q.set_defaults(func=_list)
+    q = sub.add_parser("check", help="what is present, missing or not downloaded, and how to get it")
+    q.add_argument("name", help="dataset name (see `brainalign datasets list`)")
+    q.add_argument("root", nargs="?", help="dataset folder (the YAML file for `manifest`)")
+    q.add_argument("--subjects", help="comma-separated subjects to check (default: all present)")
+    q.add_argument("--max-list", type=int, default=20, help="list at most this many files per group")
+    q.set_defaults(func=_check)
+    p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
