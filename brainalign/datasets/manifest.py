@@ -1,0 +1,302 @@
+"""A user's own data, described by a YAML manifest ("manifest").
+
+Example (paths are relative to the YAML file)::
+
+    name: mystudy
+    tr: 2.0
+    onset: 10.0            # sound onset, seconds after the start of the first response row
+    tr_reference: middle   # row times are TR midpoints ("middle") or starts ("start")
+    space: fsaverage5      # or {volume: mask.nii.gz}, or {targets: 5000}
+    stories:
+      storya: {transcript: text/storya.TextGrid}
+      storyb: {transcript: text/storyb.csv, onset: 8.0}   # CSV columns: word,onset,offset
+    subjects:
+      sub01:
+        storya: resp/sub01_storya.npy                     # .npy, .hf5 (dataset "data")
+        storyb: [resp/sub01_b_L.func.gii, resp/sub01_b_R.func.gii]   # or .nii.gz + volume mask
+    test: [storyb]         # the rest are training stories (or list them under train:)
+
+Row ``k`` of a story's responses is at ``k * tr - onset`` seconds from sound onset
+(``+ tr / 2`` with ``tr_reference: middle``). The manifest is validated by pydantic;
+errors give the YAML file and line. Response files are not read at load time (only
+their headers, for the row count).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator
+from pydantic import ValidationError as PydanticError
+
+from ..errors import DataNotFoundError, ValidationError, check_data_file
+from ..stimulus import FSAVERAGE_SIZES, Responses, Space, Story
+from .base import Dataset
+
+__all__ = ["load", "check", "Manifest"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StorySpec(_Strict):
+    transcript: str
+    onset: float | None = None
+    word_tier: str | int | None = None
+
+
+class VolumeSpace(_Strict):
+    volume: str
+
+
+class TargetsSpace(_Strict):
+    targets: int = Field(gt=0)
+
+
+class Manifest(_Strict):
+    name: str = "manifest"
+    tr: PositiveFloat
+    onset: float = 0.0
+    tr_reference: Literal["start", "middle"] = "start"
+    space: Union[str, VolumeSpace, TargetsSpace]
+    stories: dict[str, StorySpec]
+    subjects: dict[str, dict[str, Union[str, list[str]]]]
+    test: list[str] = []
+    train: list[str] | None = None
+
+    @field_validator("space")
+    @classmethod
+    def _known_surface(cls, v: Any) -> Any:
+        if isinstance(v, str) and v not in FSAVERAGE_SIZES:
+            raise ValueError(f"unknown surface {v!r}; use one of {', '.join(FSAVERAGE_SIZES)}, {{volume: mask}} or {{targets: N}}")
+        return v
+
+    @field_validator("stories", "subjects")
+    @classmethod
+    def _not_empty(cls, v: dict) -> dict:
+        if not v:
+            raise ValueError("must not be empty")
+        return v
+
+
+def _line_of(node: Any, loc: tuple) -> int | None:
+    """Line (1-based) of the YAML node at ``loc`` (or of its deepest existing parent)."""
+    import yaml
+
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if k.value == key), None)
+            if nxt is None:
+                nxt_key = next((k for k, v in node.value if k.value == key), None)
+                return nxt_key.start_mark.line + 1 if nxt_key is not None else line
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def _parse(path: Path) -> tuple[Manifest, Any]:
+    import yaml
+
+    p = check_data_file(path, what="manifest")
+    text = p.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+        node = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        raise ValidationError(f"{p}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+    if not isinstance(raw, dict):
+        raise ValidationError(f"{p}: must be a YAML mapping (name, tr, space, stories, subjects...)")
+    try:
+        return Manifest.model_validate(raw), node
+    except PydanticError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and ("[" in x or x in ("str", "list[str]"))))
+            key = ".".join(str(x) for x in loc)
+            msg = "unknown key (not allowed here)" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"{p}, line {_line_of(node, loc)}: {key}: {msg}")
+        raise ValidationError("invalid manifest:\n  " + "\n  ".join(dict.fromkeys(lines))) from None
+
+
+def _read_csv_words(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    p = check_data_file(path, what="transcript")
+    with open(p, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"word", "onset", "offset"} <= set(rows[0]):
+        raise ValidationError(f"{p}: a CSV transcript needs columns word,onset,offset")
+    try:
+        return [r["word"] for r in rows], np.array([float(r["onset"]) for r in rows]), np.array([float(r["offset"]) for r in rows])
+    except ValueError as exc:
+        raise ValidationError(f"{p}: onset/offset must be numbers ({exc})") from exc
+
+
+class _File:
+    """One response source: header (rows, targets) without reading, and the data."""
+
+    def __init__(self, spec: str | list[str], base: Path, mask: np.ndarray | None, where: str):
+        self.paths = [base / s for s in ([spec] if isinstance(spec, str) else spec)]
+        self.mask, self.where = mask, where
+        first = self.paths[0].name
+        if first.endswith(".func.gii"):
+            if len(self.paths) != 2:
+                raise ValidationError(f"{where}: GIfTI responses need two files [left, right], got {len(self.paths)}")
+            self.kind = "gii"
+        elif len(self.paths) != 1:
+            raise ValidationError(f"{where}: give one response file (or [left, right] .func.gii)")
+        elif first.endswith(".npy"):
+            self.kind = "npy"
+        elif first.endswith((".hf5", ".h5", ".hdf5")):
+            self.kind = "hf5"
+        elif first.endswith((".nii", ".nii.gz")):
+            if mask is None:
+                raise ValidationError(f"{where}: NIfTI responses need a volume space with a mask (space: {{volume: mask.nii.gz}})")
+            self.kind = "nii"
+        else:
+            raise ValidationError(f"{where}: {first}: unsupported response format (.npy, .hf5, .func.gii pair, .nii.gz)")
+        for p in self.paths:
+            check_data_file(p, what="response file")
+
+    @property
+    def source(self) -> str:
+        return ", ".join(str(p) for p in self.paths)
+
+    def n_rows(self) -> int:
+        p = self.paths[0]
+        if self.kind == "npy":
+            return int(np.load(p, mmap_mode="r", allow_pickle=False).shape[0])
+        if self.kind == "hf5":
+            import h5py
+
+            with h5py.File(p, "r") as f:
+                return int(f[self._key(f, p)].shape[0])
+        if self.kind == "gii":
+            from .narratives import _gifti_header
+
+            return _gifti_header(p)[0]
+        import nibabel as nib
+
+        shape = nib.load(str(p)).shape
+        if len(shape) != 4:
+            raise ValidationError(f"{p}: NIfTI responses must be 4-D (x, y, z, time), got shape {shape}")
+        return int(shape[3])
+
+    @staticmethod
+    def _key(f, p) -> str:
+        if "data" in f:
+            return "data"
+        keys = list(f.keys())
+        if len(keys) != 1:
+            raise ValidationError(f"{p}: has no dataset 'data' and {len(keys)} others ({keys}); name it 'data'")
+        return keys[0]
+
+    def read(self) -> np.ndarray:
+        p = self.paths[0]
+        if self.kind == "npy":
+            return np.load(p, allow_pickle=False)
+        if self.kind == "hf5":
+            import h5py
+
+            with h5py.File(p, "r") as f:
+                return np.asarray(f[self._key(f, p)][...])
+        if self.kind == "gii":
+            from .narratives import _read_gifti
+
+            return np.hstack([_read_gifti(q) for q in self.paths])
+        import nibabel as nib
+
+        img = nib.load(str(p))
+        if img.shape[:3] != self.mask.shape:
+            raise ValidationError(f"{p}: volume shape {img.shape[:3]} differs from the mask's {self.mask.shape}")
+        return np.asarray(img.dataobj, dtype=np.float32)[self.mask].T
+
+
+def load(root: str | os.PathLike | None, subjects: list[str] | None = None) -> Dataset:
+    """Load the dataset described by the YAML manifest ``root``."""
+    if root is None:
+        raise ValidationError("manifest: root= must be the path of the YAML manifest")
+    path = Path(root).expanduser()
+    if path.is_dir():
+        raise ValidationError(f"manifest: {path} is a folder; give the YAML file itself")
+    m, node = _parse(path)
+    base = path.parent
+
+    def where(*loc: Any) -> str:
+        return f"{path}, line {_line_of(node, loc)}"
+
+    mask = None
+    if isinstance(m.space, str):
+        space = Space.fsaverage(m.space)
+    elif isinstance(m.space, TargetsSpace):
+        n = m.space.targets
+        space = Space.volume(f"{m.name}-targets", np.ones((n, 1, 1), dtype=bool))
+    else:
+        import nibabel as nib
+
+        mp = check_data_file(base / m.space.volume, what="mask")
+        mask = np.asarray(nib.load(str(mp)).dataobj) > 0
+        space = Space.volume(m.name, mask, affine=nib.load(str(mp)).affine)
+
+    selected = list(m.subjects) if subjects is None else list(subjects)
+    unknown = [s for s in selected if s not in m.subjects]
+    if unknown:
+        raise ValidationError(f"{path}: subjects {unknown} are not in the manifest ({', '.join(m.subjects)})")
+    files: dict[tuple[str, str], _File] = {}
+    for subj in selected:
+        for story, spec in m.subjects[subj].items():
+            if story not in m.stories:
+                raise ValidationError(f"{where('subjects', subj, story)}: story {story!r} is not listed under stories:")
+            files[(subj, story)] = _File(spec, base, mask, where("subjects", subj, story))
+    story_objs: list[Story] = []
+    for name, spec in m.stories.items():
+        have = [f for (s, st), f in files.items() if st == name]
+        if not have:
+            continue
+        rows = {f.source: f.n_rows() for f in have}
+        if len(set(rows.values())) > 1:
+            raise ValidationError(f"{where('stories', name)}: response files of story {name!r} differ in rows: {rows}")
+        n = next(iter(rows.values()))
+        onset = m.onset if spec.onset is None else spec.onset
+        tr_times = np.arange(n) * m.tr - onset + (m.tr / 2 if m.tr_reference == "middle" else 0.0)
+        tp = base / spec.transcript
+        if tp.suffix.lower() == ".csv":
+            w, on, off = _read_csv_words(tp)
+            story_objs.append(Story(name, w, on, off, m.tr, tr_times, source=str(tp)))
+        elif tp.suffix.lower() == ".textgrid":
+            from ..transcripts import story_from_textgrid
+
+            story_objs.append(story_from_textgrid(tp, m.tr, tr_times, name=name, word_tier=spec.word_tier))
+        else:
+            raise ValidationError(f"{where('stories', name, 'transcript')}: {tp.name}: transcripts must be .TextGrid or .csv")
+    names = [s.name for s in story_objs]
+    for key in ("test", "train"):
+        bad = [s for s in (getattr(m, key) or []) if s not in m.stories]
+        if bad:
+            raise ValidationError(f"{where(key)}: {key} names stories {bad} that are not listed under stories:")
+    test = [s for s in m.test if s in names]
+    train = [s for s in (m.train if m.train is not None else names) if s in names and s not in test]
+    responses = Responses({k: f.read for k, f in files.items()}, {k: f.source for k, f in files.items()},
+                          {s.name: s.n_trs for s in story_objs})
+    return Dataset(m.name, story_objs, selected, space, responses, train, test, info={"root": str(path), "tr": m.tr})
+
+
+def check(root: str | os.PathLike, subjects: list[str] | None = None) -> dict[str, Any]:
+    """Validate the manifest and every file it names (headers only)."""
+    try:
+        ds = load(root, subjects=subjects)
+    except (ValidationError, DataNotFoundError) as exc:
+        return {"present": [], "missing": [], "not_downloaded": [], "ok": False, "problems": [str(exc)], "command": ""}
+    n = sum(len(ds.stories_of(s)) for s in ds.subjects)
+    return {"present": [f"{n} response files, {len(ds.stories)} transcripts"], "missing": [], "not_downloaded": [],
+            "ok": True, "command": ""}
