@@ -129,3 +129,28 @@ def test_load_simulated_registry_and_subset():
     ds = load("simulated", subjects=["sim02"], n_subjects=2, stories=2, space=100, features=word_embedding_features(4))
     assert ds.subjects == ["sim02"]
     assert ds.ground_truth.snr == 1.0
+
+
+def test_minilm_feature_source_is_causal_and_cached(monkeypatch):
+    import brainalign.features
+
+    # the direct MiniLM reader (used when brainalign.features.extract is absent)
+    monkeypatch.delattr(brainalign.features, "extract", raising=False)
+    from brainalign.config import cache_dir
+    from brainalign.datasets.simulated import minilm_features
+    from brainalign.stimulus import Story
+
+    words = "the old man walked slowly down to the harbour to watch the boats".split()
+    on = np.arange(len(words)) * 0.4
+    st = Story("tiny", words, on, on + 0.3, 2.0, np.arange(4) * 2.0)
+    src = minilm_features(layer=3)
+    x = src(st)
+    assert x.shape == (len(words), 384) and np.all(np.isfinite(x))
+    assert list((cache_dir() / "simulated").glob("minilm-tiny-*.npy"))
+    # changing a later word does not change an earlier word's features (left context only)
+    st2 = st.replace(words=tuple(words[:-1] + ["gulls"]))
+    y = minilm_features(layer=3, cache=False)(st2)
+    np.testing.assert_allclose(x[:-1], y[:-1], atol=1e-4)
+    assert not np.allclose(x[-1], y[-1], atol=1e-3)
+    # the same word in different contexts gets different features
+    assert not np.allclose(x[0], x[7], atol=1e-3)
