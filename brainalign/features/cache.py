@@ -2,7 +2,7 @@
 
 Layout (under ``brainalign.config.cache_dir() / "features"``)::
 
-    <model>/<revision>/<settings-hash>/<dataset>/<story>-<words-hash>/
+    <model>/<revision>/<commit>/<settings-hash>/<dataset>/<story>-<words-hash>/
         L000.npy  L001.npy ...   one array (n_words x hidden) per layer, float32 or float16
         meta.json                written last: layers present, commit, metrics, settings
 
@@ -11,8 +11,11 @@ Layout (under ``brainalign.config.cache_dir() / "features"``)::
   settings, word state (last/mean), model kind, compute dtype, package and cache-format
   versions. ``settings.json`` beside it spells them out.
 * ``<words-hash>``: hash of the story's words, so an edited transcript is a new entry.
-* the resolved commit hash (hub) or a fingerprint of the weight files (local folders) is
-  stored in ``meta.json``; an entry whose commit differs from the model's is stale.
+* ``<commit>``: the resolved commit hash (hub) or a fingerprint of the checkpoint's files
+  (local folders), so a branch that moved, or a folder that was overwritten, is a new
+  entry (and features already handed out keep reading the old one). When the commit
+  cannot be resolved (offline, not in the hub cache) the newest entry of the revision
+  is used.
 
 Writes are atomic (temp file + ``os.replace``); ``meta.json`` is replaced last, so an
 interrupted write leaves at most unreferenced layer files, never an entry that looks
@@ -159,10 +162,12 @@ class FeatureCache:
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root) if root is not None else config.cache_dir() / "features"
 
-    def settings_dir(self, model: str, revision: str | None, settings: Mapping[str, Any]) -> Path:
+    def settings_dir(
+        self, model: str, revision: str | None, settings: Mapping[str, Any], commit: str | None = None
+    ) -> Path:
         full = dict(settings, package_version=__version__, cache_format=CACHE_FORMAT)
-        d = self.root / model_key(model) / slug(revision or "default") / digest(full)
-        return d
+        rev = self.root / model_key(model) / slug(revision or "default")
+        return rev / slug(commit or "unknown") / digest(full)
 
     def entry(
         self,
@@ -172,16 +177,29 @@ class FeatureCache:
         dataset: str,
         story: str,
         words: Sequence[str],
+        commit: str | None = None,
     ) -> StoryEntry:
-        d = self.settings_dir(model, revision, settings)
-        return StoryEntry(d / slug(dataset) / f"{slug(story)}-{digest(list(words))}")
+        """The entry of one story. With ``commit=None`` (not resolvable), the newest
+        complete entry of any commit of this revision, else one under ``unknown``."""
+        tail = Path(slug(dataset)) / f"{slug(story)}-{digest(list(words))}"
+        d = self.settings_dir(model, revision, settings, commit)
+        if commit is None:
+            found = [
+                c / d.name / tail for c in d.parent.parent.glob("*") if (c / d.name / tail / "meta.json").is_file()
+            ]
+            if found:
+                return StoryEntry(max(found, key=lambda p: (p / "meta.json").stat().st_mtime))
+        return StoryEntry(d / tail)
 
-    def record_settings(self, model: str, revision: str | None, settings: Mapping[str, Any]) -> None:
-        d = self.settings_dir(model, revision, settings)
+    def record_settings(
+        self, model: str, revision: str | None, settings: Mapping[str, Any], commit: str | None = None
+    ) -> None:
+        d = self.settings_dir(model, revision, settings, commit)
         f = d / "settings.json"
         if not f.is_file():
             d.mkdir(parents=True, exist_ok=True)
-            full = dict(settings, model=str(model), revision=revision, package_version=__version__, cache_format=CACHE_FORMAT)
+            full = dict(settings, model=str(model), revision=revision, commit=commit, package_version=__version__,
+                        cache_format=CACHE_FORMAT)
             _atomic_write_bytes(f, json.dumps(full, indent=1, sort_keys=True, default=str).encode())
 
     # -- housekeeping ---------------------------------------------------------------
@@ -190,7 +208,7 @@ class FeatureCache:
         rows = []
         if not self.root.is_dir():
             return rows
-        for sdir in sorted(self.root.glob("*/*/*")):
+        for sdir in sorted(self.root.glob("*/*/*/*")):
             if not sdir.is_dir():
                 continue
             settings = {}
@@ -203,8 +221,9 @@ class FeatureCache:
             size = sum(f.stat().st_size for f in sdir.rglob("*") if f.is_file())
             rows.append(
                 {
-                    "model": settings.get("model", sdir.parent.parent.name),
-                    "revision": settings.get("revision", sdir.parent.name),
+                    "model": settings.get("model", sdir.parent.parent.parent.name),
+                    "revision": settings.get("revision", sdir.parent.parent.name),
+                    "commit": settings.get("commit", sdir.parent.name),
                     "settings": sdir.name,
                     "datasets": sorted({s.parent.name for s in stories}),
                     "stories": len(stories),

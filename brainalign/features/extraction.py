@@ -347,7 +347,10 @@ def extract(
     want: list[int] | None = None
     missing = [s.name for s in stories]
     if fcache is not None:
-        entries = {s.name: fcache.entry(src.model, src.revision, settings, dataset, s.name, s.words) for s in stories}
+        entries = {
+            s.name: fcache.entry(src.model, src.revision, settings, dataset, s.name, s.words, src.commit)
+            for s in stories
+        }
         n_layers_known = None
         for e in entries.values():
             m = e.meta
@@ -397,7 +400,9 @@ def extract(
                     "context_tokens": ctx, "metrics": met, "package_version": __version__,
                 }
                 if fcache is not None:
-                    fcache.record_settings(src.model, src.revision, settings)
+                    if commit != src.commit:  # learnt the commit only when loading
+                        entries[name] = fcache.entry(src.model, src.revision, settings, dataset, name, st.words, commit)
+                    fcache.record_settings(src.model, src.revision, settings, commit)
                     entries[name].write(arr, meta, dtype=cache_dtype)
                 else:
                     for layer, a in arr.items():
