@@ -155,6 +155,14 @@ def test_flatmap_movie_gif(rng, lang, tmp_path):
     movie = iio.imread(tmp_path / "movie.gif", index=None)
     assert movie.shape[0] == 3 and movie.shape[1] > 100
     assert np.abs(movie[0].astype(int) - movie[2].astype(int)).max() > 50  # frames differ
+    # the fast frame path (faces rasterised once, colours looked up) draws the same picture
+    from brainalign.plotting import FlatmapFigure
+
+    fm = FlatmapFigure(vmin=0, vmax=1, cmap="viridis", rois=lang, title="t")
+    fm.update(frames[1], caption="c")
+    slow = fm.to_rgb(60).astype(int)
+    fast = fm.frame(frames[1], caption="c", dpi=60).astype(int)
+    assert slow.shape == fast.shape and np.abs(slow - fast).max() <= 6
     with pytest.raises(ValidationError, match="labels"):
         flatmap_movie(list(frames), labels=["one"], out=tmp_path / "x.gif")
     if shutil.which("ffmpeg") is None:

@@ -4,9 +4,9 @@ Both hemispheres are drawn side by side on the flat patch that nilearn ships for
 fsaverage5 (left hemisphere on the left, occipital poles toward the middle), over a
 sulcal-depth background; the medial wall is cut out of the patch and so never shown.
 Each triangle is one polygon of a single :class:`~matplotlib.collections.PolyCollection`
-coloured by the mean of its vertices, which is several times faster than nilearn's 3-D
-``plot_surf`` (see ``benchmarks/bench_plotting.py``) and lets a movie recolour one
-figure frame after frame. Finer data (fsaverage6/7) are shown through the nested
+coloured by the mean of its vertices: as fast as nilearn's ``plot_surf`` on the same flat
+mesh (``benchmarks/bench_plotting.py``), with both hemispheres, outlines and one colour bar
+in one 2-D axes, and a movie that rasterises the faces once and then only looks colours up. Finer data (fsaverage6/7) are shown through the nested
 fsaverage5 vertices; coarser data are carried up by nearest neighbour.
 """
 
@@ -349,6 +349,65 @@ class FlatmapFigure:
         if caption is not None:
             self.caption.set_text(caption)
 
+    def _face_ids(self, dpi: float) -> np.ndarray:
+        """(H, W) index of the face drawn at each pixel (-1: none), rendered once per dpi
+        by drawing every face in a colour that encodes its index."""
+        cached = getattr(self, "_ids", None)
+        if cached is not None and cached[0] == dpi:
+            return cached[1]
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.collections import PolyCollection
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=self.figure.get_size_inches(), dpi=dpi, facecolor="white")
+        FigureCanvasAgg(fig)
+        ax = fig.add_axes(self.ax.get_position(original=True).bounds)
+        ax.set_xlim(self.ax.get_xlim())
+        ax.set_ylim(self.ax.get_ylim())
+        ax.set_aspect("equal")
+        ax.set_axis_off()
+        n = len(self.layout.faces)
+        code = np.arange(1, n + 1)
+        rgb = np.c_[code & 255, (code >> 8) & 255, (code >> 16) & 255] / 255.0
+        ax.add_collection(PolyCollection(self.layout.xy[self.layout.faces], facecolors=rgb, edgecolors="none",
+                                         linewidths=0, antialiaseds=False))
+        fig.canvas.draw()
+        buf = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(np.int64)
+        ids = buf[..., 0] + (buf[..., 1] << 8) + (buf[..., 2] << 16) - 1
+        ids[(ids < 0) | (ids >= n)] = -1
+        self._ids = (dpi, ids)
+        return ids
+
+    def frame(self, values: np.ndarray, *, threshold: float | None = None, mask: np.ndarray | None = None,
+              caption: str | None = None, dpi: float = 80) -> np.ndarray:
+        """An (H, W, 3) uint8 frame for ``values`` without redrawing the polygons.
+
+        The faces are rasterised once into an index image (:meth:`_face_ids`); each frame
+        looks its face colours up through it and lays the rest of the figure (colour bar,
+        captions, outlines) on top. The same picture as :meth:`to_rgb`, many times faster.
+        """
+        ids = self._face_ids(dpi)
+        vis = _visible(values, threshold, mask)
+        colours = _face_colours(self.layout, values, vis, self.cmap, self.norm)
+        lut = np.vstack([np.round(colours[:, :3] * 255), [[255, 255, 255]]]).astype(np.uint8)
+        base = lut[ids]  # -1 -> the white row
+        if caption is not None:
+            self.caption.set_text(caption)
+        self.collection.set_visible(False)
+        alpha = self.figure.patch.get_alpha()
+        self.figure.patch.set_alpha(0.0)
+        try:
+            self.figure.set_dpi(dpi)
+            self.figure.canvas.draw()
+            over = np.asarray(self.figure.canvas.buffer_rgba()).astype(np.float32)
+        finally:
+            self.collection.set_visible(True)
+            self.figure.patch.set_alpha(alpha)
+        if over.shape[:2] != base.shape[:2]:  # pragma: no cover - same size and dpi by construction
+            raise RuntimeError("flatmap frame: overlay and face image differ in size")
+        a = over[..., 3:4] / 255.0
+        return np.round(over[..., :3] * a + base * (1 - a)).astype(np.uint8)
+
     def to_rgb(self, dpi: float = 100) -> np.ndarray:
         """Render to an (H, W, 3) uint8 image."""
         self.figure.set_dpi(dpi)
@@ -671,8 +730,7 @@ def flatmap_movie(
 
     images = []
     for d, cap in tqdm(list(zip(data, labels)), desc="movie frames", unit="frame", disable=len(data) < 5):
-        fm.update(d, threshold=threshold, mask=m, caption=cap)
-        img = fm.to_rgb(dpi)
+        img = fm.frame(d, threshold=threshold, mask=m, caption=cap, dpi=dpi)
         images.append(img[: img.shape[0] // 2 * 2, : img.shape[1] // 2 * 2])  # even sizes for video codecs
     written = []
     if out.suffix.lower() == ".gif":
