@@ -352,3 +352,23 @@ def test_bad_inputs_are_named(gpt2):
         extract([st], model="./no/such/model")
     neg = extract([st], model=gpt2, layers=[-1], cache=False)
     assert neg.layers == [3] and neg.depth(3) == 1.0
+
+
+def test_dataset_source_cache_key_and_pickling(gpt2, tmp_path):
+    import pickle
+
+    from brainalign.datasets import Dataset
+    from brainalign.stimulus import Responses, Space
+
+    a, b = story("a", TEXT[:25]), story("b", TEXT[25:60])
+    rng = np.random.default_rng(0)
+    resp = {("S1", s.name): (lambda n=s.n_trs: rng.standard_normal((n, 4)).astype(np.float32)) for s in (a, b)}
+    ds = Dataset("toy", [a, b], ["S1"], Space.volume("vol", np.ones((2, 2, 1), bool)), Responses(resp), ["a"], ["b"])
+    fs = extract(ds, model=gpt2, context_tokens=16, layers=[1, 3])
+    assert fs.stories == ["a", "b"] and fs.info["dataset"] == "toy"
+    assert FeatureCache().info()[0]["datasets"] == ["toy"]
+    X = fs.design(ds, layer=3)
+    assert X.shape == (a.n_trs + b.n_trs, 32 * 4)
+    np.testing.assert_allclose(fs.design(["b"], layer=1), fs.design([b], layer=1))
+    clone = pickle.loads(pickle.dumps(fs))  # lazily cached features travel to workers
+    np.testing.assert_array_equal(clone.get("b", 3), fs.get("b", 3))

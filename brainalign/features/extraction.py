@@ -42,7 +42,7 @@ class Features(WordFeatures):
     def design(self, stories: Any, layer: int, delays: Sequence[int] = (1, 2, 3, 4), **kwargs: Any) -> np.ndarray:
         """Lanczos-resampled, per-story z-scored, delayed design of ``layer`` for ``stories``
         (a Dataset, Story objects, or their names when the features came from a Dataset)."""
-        stories = _stories_of(stories, self._story_objs)
+        stories = _stories_of(stories, getattr(self, "_story_objs", None))
         return design(self, stories, layer=layer, delays=delays, **kwargs)
 
 
@@ -424,7 +424,7 @@ def extract(
     info["stimulus_tokens"] = sum(m["metrics"]["n_tokens"] for m in metas.values())
     info["tokens_processed"] = sum(m["metrics"]["tokens_processed"] for m in metas.values())
     if fcache is not None:
-        loader: Any = lambda story, layer: entries[story].load(layer)  # noqa: E731
+        loader: Any = _EntryLoader({n: e.path for n, e in entries.items()})
     else:
         loader = arrays
     fs = Features(
@@ -433,6 +433,16 @@ def extract(
     )
     fs._story_objs = by_name
     return fs
+
+
+class _EntryLoader:
+    """(story, layer) -> memory-mapped cached array; picklable (for Dask workers)."""
+
+    def __init__(self, paths: Mapping[str, Path]) -> None:
+        self.paths = dict(paths)
+
+    def __call__(self, story: str, layer: int) -> np.ndarray:
+        return StoryEntry(self.paths[story]).load(layer)
 
 
 def _metrics(metas: Mapping[str, dict], n_layers: int) -> dict:
