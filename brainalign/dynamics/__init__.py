@@ -1,6 +1,28 @@
 """Curves over training: phase-transition detection, internal-state metrics of the
 model, downstream-task curves, and how their transitions line up."""
 
+from .internal import (
+    head_scores,
+    icl_score,
+    internal_states,
+    linear_cka,
+    load_causal_lm,
+    model_states,
+    participation_ratio,
+    twonn_dimension,
+)
 from .phases import PhaseResult, Segment, detect_phases
 
-__all__ = ["PhaseResult", "Segment", "detect_phases"]
+__all__ = [
+    "PhaseResult",
+    "Segment",
+    "detect_phases",
+    "head_scores",
+    "icl_score",
+    "internal_states",
+    "linear_cka",
+    "load_causal_lm",
+    "model_states",
+    "participation_ratio",
+    "twonn_dimension",
+]

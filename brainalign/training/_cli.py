@@ -1,0 +1,52 @@
+"""``brainalign train-tiny``: train a tiny GPT-NeoX with log-spaced checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _train_tiny(args: argparse.Namespace) -> int:
+    from .tiny import train_tiny
+
+    run = train_tiny(
+        args.corpus,
+        args.out,
+        n_layers=args.layers,
+        hidden=args.hidden,
+        heads=args.heads,
+        seq_len=args.seq_len,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        checkpoints=args.checkpoints,
+        lr=args.lr,
+        seed=args.seed,
+        vocab_size=args.vocab_size,
+        overwrite=args.overwrite,
+    )
+    print(f"{'checkpoint':>18} {'tokens':>12} {'train':>7} {'held-out':>8} {'gap':>6} {'|θ|':>7}")
+    for r in run.log:
+        print(f"{r['name']:>18} {r['tokens']:12.4g} {r['train_loss']:7.3f} {r['heldout_loss']:8.3f} {r['gap']:6.3f} {r['param_norm']:7.2f}")
+    print(f"checkpoints and training_log.json in {run.out_dir}")
+    return 0
+
+
+def register_train_tiny(subparsers) -> None:
+    """Add the ``train-tiny`` subcommand to the ``brainalign`` command."""
+    p = subparsers.add_parser("train-tiny", help="train a tiny GPT-NeoX on a text corpus, log-spaced checkpoints")
+    p.add_argument("corpus", help="a .txt file or a folder of .txt files")
+    p.add_argument("-o", "--out", default="tiny-gpt-neox", help="output folder (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--checkpoints", type=int, default=10, help="log-spaced, step 0 included (default: %(default)s)")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--vocab-size", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace another run's checkpoints in the folder")
+    p.set_defaults(func=_train_tiny)
+
+
+register = register_train_tiny
