@@ -259,6 +259,11 @@ def test_cache_roundtrip_float16_staleness_and_atomicity(gpt2, tmp_path, monkeyp
     assert len(stored) == 1 and np.load(stored[0]).dtype == np.float16
     np.testing.assert_allclose(h.get("walk", 2), fresh.get("walk", 2), rtol=2e-3, atol=2e-3)
     assert h.get("walk", 2).dtype == np.float32
+    monkeypatch.setattr(extract_mod, "load_model", _no_model)
+    extract([st], model=gpt2, context_tokens=16, cache=tmp_path / "f16", cache_dtype="float16")  # a hit
+    with pytest.raises(AssertionError, match="was loaded"):  # float32 asked, float16 stored: a miss
+        extract([st], model=gpt2, context_tokens=16, cache=tmp_path / "f16")
+    monkeypatch.setattr(extract_mod, "load_model", real_load)
     # a write that dies half-way leaves no entry that looks complete
     calls = {"n": 0}
     real_save = np.save

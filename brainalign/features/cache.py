@@ -105,8 +105,11 @@ class StoryEntry:
             log.warning("unreadable cache metadata %s; ignoring the entry", f)
             return None
 
-    def has(self, layers: Sequence[int], commit: str | None = None) -> bool:
-        """True when every layer in ``layers`` is cached (and for ``commit``, when known)."""
+    def has(self, layers: Sequence[int], commit: str | None = None, dtype: str | None = None) -> bool:
+        """True when every layer in ``layers`` is cached (and for ``commit``, when known).
+
+        With ``dtype="float32"``, layers stored in float16 do not count (a float16 request
+        is happy with float32 layers)."""
         meta = self.meta
         if meta is None:
             return False
@@ -114,6 +117,9 @@ class StoryEntry:
             log.info("cache entry %s is for commit %s, not %s: stale", self.path, meta.get("commit"), commit)
             return False
         present = set(meta.get("layers", []))
+        if dtype == "float32":
+            stored = meta.get("dtypes", {})
+            present = {p for p in present if stored.get(str(p), "float32") == "float32"}
         return all(int(layer) in present and self._layer_file(layer).is_file() for layer in layers)
 
     def _layer_file(self, layer: int) -> Path:

@@ -359,7 +359,7 @@ def extract(
                 break
         if n_layers_known is not None:
             want = _resolve_layers(layers, n_layers_known)
-            missing = [s.name for s in stories if not entries[s.name].has(want, src.commit)]
+            missing = [s.name for s in stories if not entries[s.name].has(want, src.commit, cache_dtype)]
     by_name = {s.name: s for s in stories}
     arrays: dict[tuple[str, int], np.ndarray] = {}
     info: dict[str, Any] = {"dataset": dataset, "commit": src.commit, "cache_hits": len(stories) - len(missing)}
