@@ -729,7 +729,7 @@ def flatmap_movie(
     from tqdm.auto import tqdm
 
     images = []
-    for d, cap in tqdm(list(zip(data, labels)), desc="movie frames", unit="frame", disable=len(data) < 5):
+    for d, cap in tqdm(list(zip(data, labels)), desc="movie frames", unit="frame", disable=None if len(data) >= 5 else True):
         img = fm.frame(d, threshold=threshold, mask=m, caption=cap, dpi=dpi)
         images.append(img[: img.shape[0] // 2 * 2, : img.shape[1] // 2 * 2])  # even sizes for video codecs
     written = []
