@@ -1,6 +1,5 @@
 """Language-model features: windows, word alignment, exactness, cache, metrics, revisions."""
 
-import json
 import logging
 
 import numpy as np

@@ -20,7 +20,7 @@ from ..stimulus import Story
 from .align import Alignment, align_words, special_tokens
 from .base import WordFeatures, design
 from .cache import FeatureCache, StoryEntry
-from .loading import ModelSource, load_model, resolve_device, resolve_source
+from .loading import load_model, resolve_device, resolve_source
 from .revisions import parse_revision
 from .windows import Window, causal_windows, encoder_windows, tokens_processed
 
