@@ -33,6 +33,11 @@ def _target_labels(results, atlas: "str | Atlas", **atlas_kw) -> tuple[Atlas, np
     if not isinstance(atlas, Atlas):
         if space is None:
             space = space_of_size(n)
+        elif not str(space).startswith("fsaverage"):
+            raise ValidationError(
+                f"results are in volume space {space!r}: pass an Atlas loaded on that space, e.g. "
+                "aggregate(results, atlas=load_atlas('labels.nii.gz', dataset.space(subject)))"
+            )
         atlas = load_atlas(atlas, space, **atlas_kw)
     elif space is not None and str(space).startswith("fsaverage") and atlas.space != space:
         atlas = atlas.resample(space)

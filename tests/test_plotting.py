@@ -111,6 +111,15 @@ def test_flatmap_mask_fsaverage6_outlines_and_formats(rng, lang, tmp_path):
     flatmap(v, out=tmp_path / "map.pdf")
     assert (tmp_path / "map.pdf").read_bytes()[:4] == b"%PDF"
 
+    # volume data go through pycortex; without it the message says what to install
+    from brainalign import DataNotFoundError, Space
+
+    vspace = Space.volume("UTS01", np.ones((4, 4, 4), bool))
+    try:
+        import cortex  # noqa: F401
+    except ImportError:
+        with pytest.raises(DataNotFoundError, match="pip install pycortex"):
+            flatmap(np.zeros(64), space=vspace, pycortex=("UTS01", "UTS01_auto"))
     with pytest.raises(ValidationError, match="match no fsaverage"):
         flatmap(np.zeros(1000))
     with pytest.raises(ValidationError, match="one map at a time"):

@@ -244,6 +244,16 @@ def test_volume_label_atlas_and_pycortex_message(tmp_path, rng):
         load_atlas(tmp_path / "labels.nii.gz", Space.volume("x", np.ones((3, 3, 3), bool)))
     with pytest.raises(ValidationError, match="volume"):
         load_atlas("language", space)
+    # ROI means of volume results through the volume atlas
+    n = int(mask.sum())
+    res = xr.Dataset(
+        {"score": (("subject", "target"), rng.normal(size=(2, n)))},
+        coords={"subject": ["UTS01", "UTS02"], "target": np.arange(n)}, attrs={"space": "UTS01"},
+    )
+    out = aggregate(res, atlas=a)
+    np.testing.assert_allclose(out.score.sel(roi="two").values, res.score.values[:, vol[mask] == 2].mean(-1))
+    with pytest.raises(ValidationError, match="volume space"):
+        aggregate(res, atlas="language")
     # pycortex is not installed here: the message says what to do
     try:
         import cortex  # noqa: F401
