@@ -1,6 +1,7 @@
 """Curves over training: phase-transition detection, internal-state metrics of the
 model, downstream-task curves, and how their transitions line up."""
 
+from .downstream import cooccurrence, downstream_curves, read_downstream_csv, read_lm_eval
 from .internal import (
     head_scores,
     icl_score,
@@ -15,6 +16,10 @@ from .phases import PhaseResult, Segment, detect_phases
 
 __all__ = [
     "PhaseResult",
+    "cooccurrence",
+    "downstream_curves",
+    "read_downstream_csv",
+    "read_lm_eval",
     "Segment",
     "detect_phases",
     "head_scores",
