@@ -131,21 +131,26 @@ def test_flatmap_mask_fsaverage6_outlines_and_formats(rng, lang, tmp_path):
 
 def test_surface_views_planted(rng, lang):
     v = np.zeros(2 * N5)
-    v[lang.mask("L_pSTS")] = 1.0
+    v[lang.mask("L_IFGtri")] = 1.0  # frontal: left of the left lateral view, right of the right one
+    v[lang.mask("R_IFGtri")] = 1.0
     fig = surface_views(v, threshold=0.5, cmap="viridis", vmin=0, vmax=1)
     fig.canvas.draw()
     img = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(float) / 255
-    want = np.asarray(mpl.colormaps["viridis"](1.0)[:3])
 
     def coloured(label):
         ax = next(a for a in fig.axes if a.get_label() == label)
         x0, y0, x1, y1 = ax.get_window_extent().extents.astype(int)
         part = img[img.shape[0] - y1 : img.shape[0] - y0, x0:x1]
-        # shaded planted colour: a scaled copy of `want`, clearly not grey
-        return (np.ptp(part, axis=-1) > 0.3).sum()
+        # shaded planted colour (yellow): clearly not grey
+        hit = np.ptp(part, axis=-1) > 0.3
+        cols = np.flatnonzero(hit.any(axis=0))
+        return hit.sum(), (cols.mean() / part.shape[1] if len(cols) else np.nan)
 
-    assert coloured("left_lateral") > 100
-    assert coloured("right_lateral") == 0 and coloured("right_medial") == 0
+    n, where = coloured("left_lateral")
+    assert n > 100 and where < 0.4
+    n, where = coloured("right_lateral")
+    assert n > 100 and where > 0.6
+    assert coloured("left_medial")[0] == 0 and coloured("right_medial")[0] == 0
     with pytest.raises(ValidationError, match="view"):
         surface_views(v, views=("sideways",))
 
