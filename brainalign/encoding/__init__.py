@@ -1,0 +1,21 @@
+"""Encoding models: ridge from delayed LM features to brain responses, and their statistics.
+
+* :func:`fit` -- every layer x subject of a :class:`~brainalign.features.WordFeatures`
+  against a :class:`~brainalign.datasets.Dataset`, as an ``xarray.Dataset``.
+* :func:`fit_ridge_cv` -- the array core (story-wise CV, per-target alphas, subjects
+  sharing one design), equal to himalaya's RidgeCV / KernelRidgeCV given the same splits.
+* :class:`Encoder` -- a scikit-learn estimator (per-story z-scoring + FIR delays + ridge).
+* statistics: :func:`noise_ceiling`, :func:`permutation_test`, :func:`fdr`,
+  :func:`bootstrap_roi_ci`; :func:`variance_partition` against word/phoneme rate.
+"""
+
+from .ridge import DEFAULT_ALPHAS, RidgeCVResult, fit_ridge_cv, pearson_r, r2_score, story_folds
+
+__all__ = [
+    "DEFAULT_ALPHAS",
+    "RidgeCVResult",
+    "fit_ridge_cv",
+    "pearson_r",
+    "r2_score",
+    "story_folds",
+]

@@ -1,0 +1,507 @@
+"""Ridge regression with per-target alphas chosen by story-wise cross-validation.
+
+The core works on arrays: :func:`fit_ridge_cv` takes a training design ``X`` (TRs x
+features), one or several response arrays ``Y`` that share it (subjects who heard the
+same stories), the story lengths (for leave-stories-out folds) and optionally a test
+design and test responses. It returns, per target, the chosen alpha, the mean CV score
+at that alpha, held-out predictions and scores.
+
+It computes exactly what :class:`himalaya.ridge.RidgeCV` (primal form) and
+:class:`himalaya.kernel_ridge.KernelRidgeCV` (linear kernel) compute given the same
+splits -- same fold score (``l2_neg_loss`` by default: minus the mean squared error on
+the validation fold), averaged over folds in float64, same tie-break toward larger
+alphas, no intercept -- but organises the work so that less of it is done:
+
+* The decomposition of each fold is done **once** (float64 eigendecomposition of the
+  training Gram ``X'X`` in primal form, of the kernel ``XX'`` in kernel form) and
+  applied to every target of every subject that shares the design, in chunks of
+  targets sized from free memory.
+* Primal form: ``X_train' Y_train`` of every fold comes from per-fold blocks
+  ``X_val' Y_val`` computed once (one pass over the data instead of ``n_folds - 1``),
+  and predictions for each alpha are ``(X_val V) diag(1 / (alpha + lambda)) V' X_train' Y``:
+  one ``n_val x p`` by ``p x targets`` float32 GEMM per alpha, where himalaya's plain
+  route multiplies ``n_val x n_train`` resolution matrices by ``n_train x targets``
+  responses per alpha.
+* The refit on all training data uses each target's own alpha as a diagonal scaling
+  in the eigenbasis, so all targets are refit with one GEMM.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import ValidationError
+from ..timing import StoryKFold, story_bounds
+from ._backend import available_memory, eigh_many, resolve_backend, to_device
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_ALPHAS", "RidgeCVResult", "fit_ridge_cv", "pearson_r", "r2_score", "story_folds"]
+
+#: Default alpha grid: 13 log-spaced values from 1 to 1e6.
+DEFAULT_ALPHAS = np.logspace(0, 6, 13)
+
+
+@dataclass
+class RidgeCVResult:
+    """What :func:`fit_ridge_cv` returns for one response array.
+
+    Attributes
+    ----------
+    alphas : array (n_alphas,)
+        The candidate grid (float32, as used).
+    best_alpha_index : array (n_targets,) of int
+        Index of each target's chosen alpha in ``alphas``.
+    best_alphas : array (n_targets,)
+        Each target's chosen alpha.
+    cv_scores : array (n_targets,)
+        Mean cross-validation score at the chosen alpha (before the tie-break slope).
+    method : str
+        ``"primal"`` or ``"kernel"``.
+    predictions : array (n_test, n_targets) or None
+        Held-out predictions of the refit model (when ``X_test`` was given).
+    score, r2 : array (n_targets,) or None
+        Held-out Pearson r and R^2 (when ``Y_test`` was given).
+    coef : array (n_features, n_targets) or None
+        Refit weights (when ``return_coef=True``).
+    """
+
+    alphas: np.ndarray
+    best_alpha_index: np.ndarray
+    best_alphas: np.ndarray
+    cv_scores: np.ndarray
+    method: str
+    predictions: np.ndarray | None = None
+    score: np.ndarray | None = None
+    r2: np.ndarray | None = None
+    coef: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+
+# -- scores ----------------------------------------------------------------------
+def pearson_r(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Per-column Pearson correlation (float64); NaN where either column is constant."""
+    a = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(y_pred, dtype=np.float64)
+    if a.shape != p.shape:
+        raise ValidationError(f"pearson_r: shapes differ, {a.shape} vs {p.shape}")
+    a = a - a.mean(0)
+    p = p - p.mean(0)
+    den = np.sqrt((a * a).sum(0) * (p * p).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (a * p).sum(0) / den
+    return np.where(den > 0, r, np.nan)
+
+
+def r2_score(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Per-column R^2 = 1 - SSE / SST (himalaya's convention; 0 where ``y_true`` is constant)."""
+    a = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(y_pred, dtype=np.float64)
+    sse = ((a - p) ** 2).sum(0)
+    sst = ((a - a.mean(0)) ** 2).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r2 = 1.0 - sse / sst
+    return np.where(sst > 0, r2, 0.0)
+
+
+def story_folds(story_lengths: Sequence[int], n_folds: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Leave-stories-out folds (:class:`brainalign.timing.StoryKFold`) as a list."""
+    return list(StoryKFold(n_folds).split(story_lengths))
+
+
+def _check_folds(cv, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    folds = []
+    for k, (tr, va) in enumerate(cv):
+        tr = np.asarray(tr, dtype=np.int64)
+        va = np.asarray(va, dtype=np.int64)
+        if tr.size == 0 or va.size == 0:
+            raise ValidationError(f"cv fold {k} has an empty training or validation set")
+        if max(tr.max(), va.max()) >= n or min(tr.min(), va.min()) < 0:
+            raise ValidationError(f"cv fold {k} has indices outside 0..{n - 1}")
+        folds.append((tr, va))
+    if len(folds) < 2:
+        raise ValidationError(f"cv must have at least 2 folds, got {len(folds)}")
+    return folds
+
+
+def _is_partition(folds, n: int) -> bool:
+    """True when the validation sets partition 0..n-1 and each train set is the rest."""
+    seen = np.zeros(n, dtype=np.int64)
+    for tr, va in folds:
+        seen[va] += 1
+        if tr.size + va.size != n:
+            return False
+    return bool(np.all(seen == 1))
+
+
+def _check_2d(a: Any, name: str) -> np.ndarray:
+    arr = np.asarray(a)
+    if arr.ndim != 2:
+        raise ValidationError(f"{name} must be 2-D, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ValidationError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if arr.size and not np.all(np.isfinite(arr)):
+        r, c = np.nonzero(~np.isfinite(arr))
+        raise ValidationError(f"{name} contains NaN or inf (first at row {r[0]}, column {c[0]})")
+    return arr
+
+
+def _rows(b, idx: np.ndarray, like):
+    """Index array usable on ``like``'s device."""
+    if b.name in ("torch", "torch_cuda"):
+        import torch
+
+        return torch.as_tensor(idx, device=like.device)
+    if b.name == "cupy":
+        import cupy
+
+        return cupy.asarray(idx)
+    return idx
+
+
+def _clamp0(b, lam):
+    """Negative eigenvalues (float error) set to 0, as himalaya does when refitting."""
+    if b.name in ("torch", "torch_cuda"):
+        return lam.clamp(min=0)
+    return b.clip(lam, 0, None)
+
+
+# -- decompositions ----------------------------------------------------------------
+class _Primal:
+    """Per-fold eigendecompositions of X_train' X_train, shared by all targets."""
+
+    method = "primal"
+
+    def __init__(self, b, X: np.ndarray, folds, alphas64: np.ndarray, X_test: np.ndarray | None):
+        self.b = b
+        n, p = X.shape
+        self.rank = p
+        self.partition = _is_partition(folds, n)
+        Xd = to_device(b, X)
+        self.X = Xd
+        self.folds = []
+        alphas_d = to_device(b, alphas64, "float64")
+        grams = []
+        for tr, va in folds:
+            va_d = _rows(b, va, Xd)
+            Xv = Xd[va_d]
+            Xv64 = b.asarray(Xv, dtype="float64")
+            grams.append(Xv64.T @ Xv64)
+        G = sum(grams[1:], grams[0]) if self.partition else None
+        mats = []
+        for k, (tr, va) in enumerate(folds):
+            if self.partition:
+                mats.append(G - grams[k])
+            else:
+                Xt64 = b.asarray(Xd[_rows(b, tr, Xd)], dtype="float64")
+                mats.append(Xt64.T @ Xt64)
+        del grams
+        if G is None:
+            X64 = b.asarray(Xd, dtype="float64")
+            G = X64.T @ X64
+        mats.append(G)
+        del G
+        decs = eigh_many(b, mats)
+        del mats
+        for (tr, va), (lam, V) in zip(folds, decs[:-1]):
+            lam = _clamp0(b, lam)
+            D = b.asarray(1.0 / (alphas_d[:, None] + lam[None, :]), dtype="float32")
+            V32 = b.asarray(V, dtype="float32")
+            va_d = _rows(b, va, Xd)
+            self.folds.append(
+                dict(tr=_rows(b, tr, Xd), va=va_d, V=V32, A=Xd[va_d] @ V32, D=D, invalid=np.zeros(len(alphas64), bool))
+            )
+        lam, W = decs[-1]
+        del decs
+        lam = _clamp0(b, lam)
+        self.D_full = b.asarray(1.0 / (alphas_d[:, None] + lam[None, :]), dtype="float32")
+        self.W = b.asarray(W, dtype="float32")
+        self.XteW = to_device(b, X_test) @ self.W if X_test is not None else None
+
+    def cv_scores(self, Yc, score_fn, n_alphas: int):
+        b = self.b
+        blocks = [self.X[f["va"]].T @ Yc[f["va"]] for f in self.folds] if self.partition else None
+        total = sum(blocks[1:], blocks[0]) if self.partition else self.X.T @ Yc
+        scores = b.zeros_like(Yc, shape=(len(self.folds), n_alphas, Yc.shape[1]))
+        for k, f in enumerate(self.folds):
+            if self.partition:
+                XtY = total - blocks[k]
+            else:
+                XtY = self.X[f["tr"]].T @ Yc[f["tr"]]
+            Z = f["V"].T @ XtY
+            del XtY
+            Yv = Yc[f["va"]]
+            for a in range(n_alphas):
+                pred = f["A"] @ (f["D"][a][:, None] * Z)
+                scores[k, a] = score_fn(Yv, pred)
+                del pred
+            del Z
+        self._total = total
+        return scores
+
+    def refit(self, Yc, best_idx, return_coef: bool):
+        Z = self.W.T @ self._total
+        self._total = None
+        S = self.D_full[best_idx].T * Z
+        pred = self.XteW @ S if self.XteW is not None else None
+        coef = self.W @ S if return_coef else None
+        return pred, coef
+
+
+class _Kernel:
+    """Per-fold eigendecompositions of the linear kernel X_train X_train'."""
+
+    method = "kernel"
+
+    def __init__(self, b, X: np.ndarray, folds, alphas64: np.ndarray, X_test: np.ndarray | None):
+        self.b = b
+        n, p = X.shape
+        Xd = to_device(b, X)
+        self.X = Xd
+        X64 = b.asarray(Xd, dtype="float64")
+        K = X64 @ X64.T
+        self.rank = n
+        alphas_d = to_device(b, alphas64, "float64")
+        self.folds = []
+        idx = [(_rows(b, tr, K), _rows(b, va, K)) for tr, va in folds]
+        decs = eigh_many(b, [K[tr_d][:, tr_d] for tr_d, _ in idx] + [K])
+        for (tr, va), (tr_d, va_d), (lam, V) in zip(folds, idx, decs[:-1]):
+            lam_min = float(b.to_numpy(lam[0]))
+            # himalaya's rule ("nan"): an alpha that does not compensate twice a negative
+            # eigenvalue (float error of an indefinite kernel) cannot be chosen
+            invalid = alphas64 < -2 * lam_min if lam_min < 0 else np.zeros(len(alphas64), bool)
+            D = b.asarray(1.0 / (alphas_d[:, None] + lam[None, :]), dtype="float32")
+            V32 = b.asarray(V, dtype="float32")
+            A = b.asarray(K[va_d][:, tr_d], dtype="float32") @ V32
+            self.folds.append(dict(tr=_rows(b, tr, Xd), va=_rows(b, va, Xd), V=V32, A=A, D=D, invalid=invalid))
+        lam, W = decs[-1]
+        del decs
+        lam = _clamp0(b, lam)
+        self.D_full = b.asarray(1.0 / (alphas_d[:, None] + lam[None, :]), dtype="float32")
+        self.W = b.asarray(W, dtype="float32")
+        if X_test is not None:
+            Kte = b.asarray(b.asarray(to_device(b, X_test), dtype="float64") @ X64.T, dtype="float32")
+            self.KteW = Kte @ self.W
+        else:
+            self.KteW = None
+        del K, X64
+
+    def cv_scores(self, Yc, score_fn, n_alphas: int):
+        b = self.b
+        scores = b.zeros_like(Yc, shape=(len(self.folds), n_alphas, Yc.shape[1]))
+        for k, f in enumerate(self.folds):
+            Z = f["V"].T @ Yc[f["tr"]]
+            Yv = Yc[f["va"]]
+            for a in range(n_alphas):
+                pred = f["A"] @ (f["D"][a][:, None] * Z)
+                scores[k, a] = score_fn(Yv, pred)
+                del pred
+            del Z
+        return scores
+
+    def refit(self, Yc, best_idx, return_coef: bool):
+        S = self.D_full[best_idx].T * (self.W.T @ Yc)
+        pred = self.KteW @ S if self.KteW is not None else None
+        coef = self.X.T @ (self.W @ S) if return_coef else None
+        return pred, coef
+
+
+def _score_fn(name: str):
+    if name in ("l2", "l2_neg_loss"):
+        def l2(y, p):
+            return -((y - p) ** 2).sum(0) / y.shape[0]
+
+        return l2
+    if name in ("r2", "r2_score"):
+        def r2(y, p):
+            err = ((y - p) ** 2).sum(0)
+            var = ((y - y.mean(0)) ** 2).sum(0)
+            out = 1.0 - err / var
+            out[var == 0] = 0
+            return out
+
+        return r2
+    raise ValidationError(f"score_func must be 'l2' (himalaya's default) or 'r2', got {name!r}")
+
+
+def _select(b, scores, alphas32: np.ndarray, invalid: np.ndarray):
+    """himalaya's ``_select_best_alphas`` (local alpha, not conservative), on numpy."""
+    s = b.to_numpy(scores)
+    s = np.array(s, copy=True)
+    for k, inv in enumerate(invalid):
+        s[k, inv] = -1e5
+    mean = s.mean(0, dtype=np.float64).astype(np.float32)
+    mean_tb = mean + (np.log(alphas32) * np.float32(1e-10))[:, None]
+    idx = np.argmax(mean_tb, axis=0)
+    best = np.take_along_axis(mean_tb, idx[None], 0)[0]
+    return idx, best
+
+
+def _chunk_size(per_target_bytes: int, n_targets: int, b, memory_fraction: float, n_targets_batch: int | None) -> int:
+    if n_targets_batch is not None:
+        if int(n_targets_batch) < 1:
+            raise ValidationError(f"n_targets_batch must be a positive integer, got {n_targets_batch!r}")
+        return int(n_targets_batch)
+    budget = memory_fraction * available_memory(b)
+    return int(max(1, min(n_targets, budget // max(per_target_bytes, 1))))
+
+
+def fit_ridge_cv(
+    X: np.ndarray,
+    Y: np.ndarray | Sequence[np.ndarray],
+    story_lengths: Sequence[int] | None = None,
+    *,
+    alphas: Sequence[float] | np.ndarray = DEFAULT_ALPHAS,
+    n_folds: int = 5,
+    cv: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
+    X_test: np.ndarray | None = None,
+    Y_test: np.ndarray | Sequence[np.ndarray] | None = None,
+    method: str = "auto",
+    backend: Any = "auto",
+    score_func: str = "l2",
+    return_coef: bool = False,
+    n_targets_batch: int | None = None,
+    memory_fraction: float = 0.2,
+    progress: bool = True,
+) -> RidgeCVResult | list[RidgeCVResult]:
+    """Ridge regression with a per-target alpha chosen by story-wise cross-validation.
+
+    Parameters
+    ----------
+    X : array (n_samples, n_features)
+        Training design (already delayed and scaled). Not centred here: like himalaya's
+        ``fit_intercept=False``, features and responses are expected zero-mean
+        (z-scored per story).
+    Y : array (n_samples, n_targets), or list of such arrays
+        Training responses. A list holds several subjects that share ``X`` (heard the
+        same stories): the decomposition is done once for all of them, and one result
+        per array is returned.
+    story_lengths : sequence of int, optional
+        Rows of each training story, in order; folds hold out whole stories
+        (:class:`brainalign.timing.StoryKFold`). Required unless ``cv`` is given.
+    alphas : array (n_alphas,)
+        Candidate regularisation strengths.
+    n_folds : int
+        Number of story folds.
+    cv : iterable of (train_indices, validation_indices), optional
+        Explicit splits (overrides ``story_lengths``/``n_folds``).
+    X_test : array (n_test, n_features), optional
+        Test design; gives ``predictions``.
+    Y_test : array or list of arrays (n_test, n_targets), optional
+        Test responses (one per ``Y``); gives ``score`` (Pearson r) and ``r2``.
+    method : {"auto", "primal", "kernel"}
+        ``"auto"``: primal when n_samples >= n_features, else kernel.
+    backend : str or himalaya backend module
+        ``"auto"``, ``"numpy"``, ``"torch"``, ``"torch_cuda"``, ``"cupy"``.
+    score_func : {"l2", "r2"}
+        Fold score used to choose alphas. ``"l2"`` (minus the mean squared error) is
+        what himalaya's RidgeCV and KernelRidgeCV use by default.
+    return_coef : bool
+        Also return the refit weights (n_features x n_targets).
+    n_targets_batch : int, optional
+        Targets per chunk; default: sized so one chunk uses ``memory_fraction`` of the
+        free memory of the backend's device.
+    progress : bool
+        Show a tqdm bar over chunks.
+
+    Returns
+    -------
+    RidgeCVResult, or a list of them when ``Y`` is a list.
+    """
+    X = _check_2d(X, "X")
+    n, p = X.shape
+    as_list = isinstance(Y, (list, tuple))
+    Ys = [_check_2d(y, f"Y[{i}]" if as_list else "Y") for i, y in enumerate(Y if as_list else [Y])]
+    for i, y in enumerate(Ys):
+        if y.shape[0] != n:
+            raise ValidationError(f"Y{f'[{i}]' if as_list else ''} has {y.shape[0]} rows but X has {n}")
+    if Y_test is not None:
+        Yts = [_check_2d(y, "Y_test") for y in (Y_test if isinstance(Y_test, (list, tuple)) else [Y_test])]
+        if len(Yts) != len(Ys):
+            raise ValidationError(f"Y_test has {len(Yts)} arrays but Y has {len(Ys)}")
+        if X_test is None:
+            raise ValidationError("Y_test was given without X_test")
+    else:
+        Yts = [None] * len(Ys)
+    if X_test is not None:
+        X_test = _check_2d(X_test, "X_test")
+        if X_test.shape[1] != p:
+            raise ValidationError(f"X_test has {X_test.shape[1]} features but X has {p}")
+        for i, (y, yt) in enumerate(zip(Ys, Yts)):
+            if yt is not None and (yt.shape[0] != X_test.shape[0] or yt.shape[1] != y.shape[1]):
+                raise ValidationError(
+                    f"Y_test[{i}] has shape {yt.shape}, expected ({X_test.shape[0]}, {y.shape[1]})"
+                )
+    alphas64 = np.asarray(alphas, dtype=np.float64).ravel()
+    if alphas64.size == 0 or not np.all(np.isfinite(alphas64)) or np.any(alphas64 <= 0):
+        raise ValidationError(f"alphas must be a non-empty list of positive numbers, got {alphas!r}")
+    alphas32 = alphas64.astype(np.float32)
+    alphas64 = alphas32.astype(np.float64)  # the grid as himalaya sees it (float32)
+    if cv is None:
+        if story_lengths is None:
+            raise ValidationError(
+                "fit_ridge_cv needs story_lengths (folds hold out whole stories) or an explicit cv="
+            )
+        story_bounds(story_lengths, n)
+        folds = story_folds(story_lengths, n_folds)
+    else:
+        folds = _check_folds(cv, n)
+    if method == "auto":
+        method = "primal" if n >= p else "kernel"
+    if method not in ("primal", "kernel"):
+        raise ValidationError(f"method must be 'auto', 'primal' or 'kernel', got {method!r}")
+    b = resolve_backend(backend)
+    score_fn = _score_fn(score_func)
+    log.info(
+        "ridge CV (%s, backend %s): %d samples x %d features, %d target arrays, %d alphas, %d folds",
+        method, b.name, n, p, len(Ys), len(alphas64), len(folds),
+    )
+    dec = (_Primal if method == "primal" else _Kernel)(b, X, folds, alphas64, X_test)
+    invalid = [f["invalid"] for f in dec.folds]
+    n_val = max(len(va) for _, va in folds)
+    n_test = 0 if X_test is None else X_test.shape[0]
+    per_target = 4 * (2 * n + (len(folds) + 4) * dec.rank + 2 * n_val + n_test + len(folds) * len(alphas64) + (p if return_coef else 0))
+    chunk = _chunk_size(per_target, max(y.shape[1] for y in Ys), b, memory_fraction, n_targets_batch)
+    tasks = [(i, s) for i, y in enumerate(Ys) for s in range(0, y.shape[1], chunk)]
+    out = []
+    for y in Ys:
+        t = y.shape[1]
+        out.append(
+            dict(idx=np.zeros(t, np.int64), cv=np.zeros(t, np.float32),
+                 pred=np.zeros((n_test, t), np.float32) if n_test else None,
+                 coef=np.zeros((p, t), np.float32) if return_coef else None)
+        )
+    for i, start in tqdm(tasks, desc="ridge targets", unit="chunk", disable=not progress or len(tasks) < 2):
+        sl = slice(start, min(start + chunk, Ys[i].shape[1]))
+        Yc = to_device(b, Ys[i][:, sl])
+        scores = dec.cv_scores(Yc, score_fn, len(alphas64))
+        idx, best = _select(b, scores, alphas32, invalid)
+        del scores
+        pred, coef = dec.refit(Yc, _rows(b, idx, Yc), return_coef)
+        o = out[i]
+        o["idx"][sl] = idx
+        o["cv"][sl] = best - np.log(alphas32[idx]) * np.float32(1e-10)
+        if pred is not None:
+            o["pred"][:, sl] = b.to_numpy(pred)
+        if coef is not None:
+            o["coef"][:, sl] = b.to_numpy(coef)
+        del Yc, pred, coef
+    results = []
+    for o, yt in zip(out, Yts):
+        res = RidgeCVResult(
+            alphas=alphas32, best_alpha_index=o["idx"], best_alphas=alphas32[o["idx"]], cv_scores=o["cv"],
+            method=method, predictions=o["pred"], coef=o["coef"],
+            info=dict(backend=b.name, n_folds=len(folds), chunk=chunk, score_func=score_func),
+        )
+        if yt is not None:
+            res.score = pearson_r(yt, o["pred"]).astype(np.float32)
+            res.r2 = r2_score(yt, o["pred"]).astype(np.float32)
+        results.append(res)
+    return results if as_list else results[0]
