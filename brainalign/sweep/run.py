@@ -109,6 +109,17 @@ def _training_axis(label: str, user: dict | None) -> tuple[float, float]:
     return (np.nan if step is None else float(step)), (np.nan if tokens is None else float(tokens))
 
 
+def _trainer_state(folder: Path) -> tuple[float, float] | None:
+    """(step, tokens) from a checkpoint's ``trainer_state.json`` (as HF Trainer writes it)."""
+    p = folder / "trainer_state.json"
+    if not p.is_file():
+        return None
+    state = json.loads(p.read_text())
+    step = state.get("global_step")
+    tokens = state.get("num_input_tokens_seen")
+    return (np.nan if step is None else float(step)), (np.nan if not tokens and tokens != 0 else float(tokens))
+
+
 def _local_checkpoints(folder: Path) -> list[str]:
     """Sub-folders of ``folder`` that hold a model (a config.json)."""
     return [p.name for p in folder.iterdir() if p.is_dir() and (p / "config.json").is_file()]
@@ -134,6 +145,10 @@ def resolve_checkpoints(cfg: RunConfig) -> list[Checkpoint]:
         where = f"model {m.name}"
 
     def axis(label):
+        if local and label is not None and not (m.training_axis and label in m.training_axis):
+            state = _trainer_state(Path(name) / label)
+            if state is not None:
+                return state
         return _training_axis(label, m.training_axis)
 
     if available and available != [None]:
@@ -293,7 +308,8 @@ def run_checkpoint(plan: Plan, index: int, progress: bool = False) -> dict:
         device=f.device,
         dtype=f.dtype,
         cache=f.cache,
-        word_reduction=f.word_reduction,
+        word_state=f.word_reduction,
+        training={"step": None if np.isnan(ckpt.step) else ckpt.step, "tokens": None if np.isnan(ckpt.tokens) else ckpt.tokens},
         trust_remote_code=cfg.model.trust_remote_code,
         progress=progress,
     )
@@ -316,7 +332,7 @@ def run_checkpoint(plan: Plan, index: int, progress: bool = False) -> dict:
     if plan.hemi[0] in ("L", "R"):
         atlas = rois.load_atlas(cfg.rois.atlas, space=plan.space)
         agg = rois.aggregate(res, atlas=atlas, how=cfg.rois.how)
-        roi = agg["roi_score"] if isinstance(agg, xr.Dataset) else agg
+        roi = agg["fraction_significant" if cfg.rois.how == "fraction_significant" else "score"]
     region = _region(plan, ckpt, res, roi, fs)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
