@@ -16,10 +16,10 @@ from typing import Sequence
 import numpy as np
 
 from .errors import ValidationError
-from .surfaces.atlases import LANGUAGE_ROIS, OFFLINE_ATLASES, Atlas, load_atlas
+from .surfaces.atlases import _WHOLE, LANGUAGE_ROIS, OFFLINE_ATLASES, Atlas, load_atlas, whole_targets
 from .surfaces.meshes import medial_wall, resample, space_of_size
 
-__all__ = ["Atlas", "load_atlas", "aggregate", "roi_values", "LANGUAGE_ROIS", "OFFLINE_ATLASES", "medial_wall", "resample"]
+__all__ = ["Atlas", "load_atlas", "whole_targets", "aggregate", "roi_values", "LANGUAGE_ROIS", "OFFLINE_ATLASES", "medial_wall", "resample"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ def _target_labels(results, atlas: "str | Atlas", **atlas_kw) -> tuple[Atlas, np
         if space is None:
             space = space_of_size(n)
         elif not str(space).startswith("fsaverage"):
+            if isinstance(atlas, str) and atlas.lower() in _WHOLE:
+                whole = whole_targets(n, str(space))
+                return whole, np.asarray(whole.labels)
             raise ValidationError(
                 f"results are in volume space {space!r}: pass an Atlas loaded on that space, e.g. "
                 "aggregate(results, atlas=load_atlas('labels.nii.gz', dataset.space(subject)))"

@@ -254,6 +254,12 @@ def test_volume_label_atlas_and_pycortex_message(tmp_path, rng):
     np.testing.assert_allclose(out.score.sel(roi="two").values, res.score.values[:, vol[mask] == 2].mean(-1))
     with pytest.raises(ValidationError, match="volume space"):
         aggregate(res, atlas="language")
+    # whole cortex of a volume (or mesh-free) space: every target
+    whole = aggregate(res, atlas="whole_cortex")
+    np.testing.assert_allclose(whole.score.sel(roi="whole_cortex").values, res.score.values.mean(-1))
+    assert load_atlas("whole_cortex", space).labels.tolist() == [1] * n
+    sim = Space(name="simulated500", kind="surface", hemi_sizes=(250, 250))
+    assert load_atlas("whole_cortex", sim).n_targets == 500
     # pycortex is not installed here: the message says what to do
     try:
         import cortex  # noqa: F401

@@ -45,7 +45,7 @@ from ..errors import DataNotFoundError, ValidationError, check_data_file
 from ..stimulus import FSAVERAGE_SIZES, Space
 from .meshes import load_mesh, medial_wall, nilearn_data_dirs, nilearn_package_data, resample, space_of_size, surface_space_name
 
-__all__ = ["Atlas", "load_atlas", "LANGUAGE_ROIS", "OFFLINE_ATLASES"]
+__all__ = ["Atlas", "load_atlas", "whole_targets", "LANGUAGE_ROIS", "OFFLINE_ATLASES"]
 
 log = logging.getLogger(__name__)
 
@@ -483,6 +483,18 @@ def _pycortex(subject: str, space: Space, xfm: str | None, rois: Sequence[str] |
 
 # --------------------------------------------------------------------------- public
 
+_WHOLE = ("whole_cortex", "cortex", "whole-cortex")
+
+
+def whole_targets(n_targets: int, space: str) -> Atlas:
+    """One ROI, ``whole_cortex``, holding all ``n_targets`` targets of ``space`` (for volume
+    spaces, whose targets are cortical voxels, and surfaces without a known mesh)."""
+    if n_targets <= 0:
+        raise ValidationError(f"space {space!r} has no targets")
+    return Atlas("whole_cortex", space, np.ones(int(n_targets), dtype=np.int64), {1: "whole_cortex"},
+                 f"All {n_targets} targets of {space} (no medial wall known there).")
+
+
 
 def load_atlas(
     name: "str | os.PathLike | Sequence[str | os.PathLike] | Atlas",
@@ -532,13 +544,16 @@ def load_atlas(
     key = name.lower()
     if key.startswith("pycortex:"):
         return _pycortex(name.split(":", 1)[1], space, xfm, rois)  # type: ignore[arg-type]
+    if key in _WHOLE and isinstance(space, Space) and space.name not in FSAVERAGE_SIZES and space.name != "fsaverage":
+        # a volume (cortical voxels) or a mesh-free surface: every target, no medial wall known
+        return whole_targets(space.n_targets, space.name)
     if isinstance(space, Space) and not space.is_surface:
         raise ValidationError(
             f"atlas {name!r} is a surface atlas; for volume space {space.name!r} give a label volume path "
             "or 'pycortex:<subject>'"
         )
     target = surface_space_name(space)
-    if key in ("whole_cortex", "cortex", "whole-cortex"):
+    if key in _WHOLE:
         labels = (~medial_wall(target)).astype(np.int64)
         return Atlas("whole_cortex", target, labels, {1: "whole_cortex"}, "All vertices off the medial wall.")
     if key in ("seitzman2018", "seitzman", "seitzman2018_rois"):
