@@ -161,11 +161,15 @@ def test_flatmap_movie_gif(rng, lang, tmp_path):
     frames = np.stack([np.where(lang.mask("L_pSTS"), a, 0.0) for a in (0.2, 0.6, 1.0)])
     da = xr.DataArray(
         frames, dims=("checkpoint", "target"),
-        coords={"checkpoint": ["step1", "step2", "step3"], "tokens": ("checkpoint", [2e6, 2.1e9, 3e11])},
+        coords={"checkpoint": ["step1", "step2", "step3"], "step": ("checkpoint", [1, 1000, 143000]),
+                "tokens": ("checkpoint", [2e6, 2.1e9, 3e11])},
         attrs={"space": "fsaverage5"},
     )
     written = flatmap_movie(da, out=tmp_path / "movie.gif", fps=5, mp4=False)
     assert written == [tmp_path / "movie.gif"]
+    from brainalign.plotting.flat import _frame_labels
+
+    assert _frame_labels(da)[1] == ["step 1 — 2M tokens", "step 1,000 — 2.1B tokens", "step 143,000 — 300B tokens"]
     movie = iio.imread(tmp_path / "movie.gif", index=None)
     assert movie.shape[0] == 3 and movie.shape[1] > 100
     assert np.abs(movie[0].astype(int) - movie[2].astype(int)).max() > 50  # frames differ

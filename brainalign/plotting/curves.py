@@ -246,7 +246,6 @@ def plot_layer_heatmap(
     -------
     matplotlib.figure.Figure
     """
-    import matplotlib as mpl
     import xarray as xr
 
     if isinstance(data, xr.Dataset):
@@ -293,7 +292,6 @@ def plot_layer_heatmap(
         if title:
             ax.set_title(title)
         ax.spines[["top", "right"]].set_visible(True)
-        _ = mpl
     if out is not None:
         save_figure(fig, out)
     return fig

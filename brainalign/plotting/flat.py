@@ -142,7 +142,7 @@ def _to_fs5(arr: np.ndarray, space: "str | Space | None", what: str) -> tuple[np
     return arr, src
 
 
-def _labels_fs5(rois: Any, space: str) -> tuple[np.ndarray, dict[int, str]]:
+def _labels_fs5(rois: Any) -> tuple[np.ndarray, dict[int, str]]:
     from ..surfaces.atlases import Atlas, load_atlas
 
     if isinstance(rois, (str, os.PathLike, Atlas)):
@@ -306,7 +306,7 @@ class FlatmapFigure:
             for x, h in zip(layout.hemi_x, ("L", "R")):
                 ax.text(x, ymin - pad, h, ha="center", va="top", fontsize=9, fontweight="bold", color="0.3")
             if rois is not None:
-                labels, names = _labels_fs5(rois, "fsaverage5")
+                labels, names = _labels_fs5(rois)
                 segs = _outline_segments(layout, labels)
                 ax.add_collection(LineCollection(segs, colors="white", linewidths=0.7, zorder=3))
                 ax.add_collection(LineCollection(segs, colors="black", linewidths=0.25, zorder=4))
@@ -642,7 +642,10 @@ def _frame_labels(frames: Any) -> tuple[list[np.ndarray], list[str] | None, str 
         arrs = [np.asarray(frames.isel({dim: i}).squeeze(drop=True).values) for i in range(frames.sizes[dim])]
         labels = []
         for i in range(frames.sizes[dim]):
-            parts = [f"{dim} {frames[dim].values[i]}"] if dim in frames.coords else []
+            if "step" in frames.coords and frames["step"].dims == (dim,) and np.isfinite(float(frames["step"].values[i])):
+                parts = [f"step {int(frames['step'].values[i]):,}"]
+            else:
+                parts = [f"{frames[dim].values[i]}"] if dim in frames.coords else []
             if "tokens" in frames.coords and frames["tokens"].dims == (dim,):
                 parts.append(f"{_human(float(frames['tokens'].values[i]))} tokens")
             labels.append(" — ".join(parts))
