@@ -111,6 +111,30 @@ def corpus_stories(
 
 
 # ----------------------------------------------------------------------- feature sources
+def _feature_source(features: "FeatureSource | str | None") -> FeatureSource:
+    """A callable feature source from a callable, None (MiniLM layer 3) or a name.
+
+    Names (usable from YAML run configs): ``"minilm"`` or ``"minilm:<layer>"``, and
+    ``"random"`` or ``"random:<dim>"`` (a fixed random vector per word type).
+    """
+    if features is None:
+        return minilm_features(layer=3)
+    if callable(features):
+        return features
+    if isinstance(features, str):
+        kind, _, arg = features.partition(":")
+        try:
+            if kind == "minilm":
+                return minilm_features(layer=int(arg) if arg else 3)
+            if kind == "random":
+                return word_embedding_features(dim=int(arg) if arg else 16)
+        except ValueError:
+            pass
+    raise ValidationError(
+        f"features must be a callable Story -> (n_words, d) array, 'minilm[:layer]' or 'random[:dim]'; got {features!r}"
+    )
+
+
 def word_embedding_features(dim: int = 16, seed: int = 0, lowercase: bool = True) -> FeatureSource:
     """A cheap feature source: a fixed random ``dim``-vector per word type.
 
@@ -403,7 +427,7 @@ def simulate(
     test_story: str = DEFAULT_TEST_STORY,
     n_repeats: int = 4,
     space: str | int = "fsaverage5",
-    features: FeatureSource | None = None,
+    features: FeatureSource | str | None = None,
     snr: float = 1.0,
     n_rois: int = 4,
     roi_radius: float = 15.0,
@@ -434,8 +458,10 @@ def simulate(
         smoothed along the mesh; the mesh is the one nilearn ships, read offline) or a
         number of targets for the fast mesh-free mode (two "hemispheres", regions are
         index blocks, noise smoothed along the index).
-    features : callable Story -> array (n_words, d), optional
-        The feature source; default :func:`minilm_features` (layer 3 of 6).
+    features : callable Story -> array (n_words, d), or str, optional
+        The feature source; default :func:`minilm_features` (layer 3 of 6). The names
+        ``"minilm:<layer>"`` and ``"random:<dim>"`` select the built-in sources (for
+        YAML run configs).
     snr : float
         Signal to noise variance ratio at the centre of each region (falls to half at
         its edge).
@@ -508,7 +534,7 @@ def simulate(
     smoother_t = (sp.diags(noise_scale) @ smoother).T.tocsr()  # noise @ smoother_t
 
     # features -> TR grid -> HRF
-    source = features if features is not None else minilm_features(layer=3)
+    source = _feature_source(features)
     description = getattr(source, "description", repr(source))
     hrf = _hrf(tr)
     pre = hrf.size
