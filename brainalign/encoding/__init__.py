@@ -6,16 +6,30 @@
   sharing one design), equal to himalaya's RidgeCV / KernelRidgeCV given the same splits.
 * :class:`Encoder` -- a scikit-learn estimator (per-story z-scoring + FIR delays + ridge).
 * statistics: :func:`noise_ceiling`, :func:`permutation_test`, :func:`fdr`,
-  :func:`bootstrap_roi_ci`; :func:`variance_partition` against word/phoneme rate.
+  :func:`bootstrap_roi_ci`; :func:`variance_partition` / :func:`partition_variance`
+  against word and phoneme rate.
 """
 
+from .api import fit
+from .encoder import Encoder
+from .partition import baseline_design, partition_variance, variance_partition
 from .ridge import DEFAULT_ALPHAS, RidgeCVResult, fit_ridge_cv, pearson_r, r2_score, story_folds
+from .stats import bootstrap_roi_ci, fdr, noise_ceiling, permutation_test
 
 __all__ = [
     "DEFAULT_ALPHAS",
+    "Encoder",
     "RidgeCVResult",
+    "baseline_design",
+    "bootstrap_roi_ci",
+    "fdr",
+    "fit",
     "fit_ridge_cv",
+    "noise_ceiling",
+    "partition_variance",
     "pearson_r",
+    "permutation_test",
     "r2_score",
     "story_folds",
+    "variance_partition",
 ]

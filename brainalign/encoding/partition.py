@@ -1,0 +1,135 @@
+"""Variance partitioning: what the LM features explain beyond word and phoneme rate.
+
+Three models per target, all scored as held-out R^2 on the test stories: the LM
+features alone (brainalign's ridge), the low-level baseline alone (the same ridge), and
+both together with one penalty per feature space (himalaya's banded ridge, as a
+multiple-kernel ridge on precomputed linear kernels with random search over the
+feature-space weights). With ``R2_ab`` the joint score::
+
+    unique_lm       = R2_ab - R2_baseline
+    unique_baseline = R2_ab - R2_lm
+    shared          = R2_lm + R2_baseline - R2_ab
+
+Nothing is clipped: small negative values are estimation noise and are reported as such.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import ValidationError
+from ..timing import Delayer, phoneme_rate, word_rate, zscore_per_story
+from ._backend import resolve_backend, using_backend
+from .ridge import DEFAULT_ALPHAS, fit_ridge_cv, r2_score, story_folds
+
+log = logging.getLogger(__name__)
+
+__all__ = ["variance_partition", "baseline_design", "partition_variance"]
+
+
+def variance_partition(
+    X_lm: np.ndarray,
+    X_base: np.ndarray,
+    Y: np.ndarray,
+    story_lengths: Sequence[int],
+    X_lm_test: np.ndarray,
+    X_base_test: np.ndarray,
+    Y_test: np.ndarray,
+    *,
+    alphas: Any = DEFAULT_ALPHAS,
+    n_folds: int = 5,
+    n_iter: int = 20,
+    backend: Any = "auto",
+    random_state: int = 0,
+) -> dict[str, np.ndarray]:
+    """Unique and shared held-out R^2 of two feature spaces (arrays in, dict of arrays out).
+
+    Returns keys ``r2_joint``, ``r2_lm``, ``r2_baseline``, ``unique_lm``,
+    ``unique_baseline``, ``shared`` (each (n_targets,)), and ``deltas`` (2, n_targets):
+    the log feature-space weights the banded ridge chose.
+    """
+    from himalaya.kernel_ridge import MultipleKernelRidgeCV
+
+    arrs = [np.asarray(a, dtype=np.float32) for a in (X_lm, X_base, Y, X_lm_test, X_base_test, Y_test)]
+    X_lm, X_base, Y, X_lm_test, X_base_test, Y_test = arrs
+    if not (X_lm.shape[0] == X_base.shape[0] == Y.shape[0]):
+        raise ValidationError(f"training rows differ: X_lm {X_lm.shape}, X_base {X_base.shape}, Y {Y.shape}")
+    if not (X_lm_test.shape[0] == X_base_test.shape[0] == Y_test.shape[0]):
+        raise ValidationError("test rows differ between X_lm_test, X_base_test and Y_test")
+    kw = dict(alphas=alphas, n_folds=n_folds, backend=backend, progress=False)
+    lm = fit_ridge_cv(X_lm, Y, story_lengths, X_test=X_lm_test, Y_test=Y_test, **kw)
+    base = fit_ridge_cv(X_base, Y, story_lengths, X_test=X_base_test, Y_test=Y_test, **kw)
+    b = resolve_backend(backend)
+    folds = story_folds(story_lengths, n_folds)
+    Ks = np.stack([X_lm @ X_lm.T, X_base @ X_base.T]).astype(np.float32)
+    Ks_test = np.stack([X_lm_test @ X_lm.T, X_base_test @ X_base.T]).astype(np.float32)
+    with using_backend(b):
+        model = MultipleKernelRidgeCV(
+            kernels="precomputed", solver="random_search", cv=folds, random_state=random_state,
+            solver_params=dict(n_iter=n_iter, alphas=np.asarray(alphas, dtype=np.float32), progress_bar=False),
+        )
+        model.fit(Ks, Y)
+        pred = b.to_numpy(model.predict(Ks_test))
+        deltas = b.to_numpy(model.deltas_)
+    r2_joint = r2_score(Y_test, pred)
+    r2_lm = lm.r2.astype(np.float64)
+    r2_base = base.r2.astype(np.float64)
+    return dict(
+        r2_joint=r2_joint, r2_lm=r2_lm, r2_baseline=r2_base,
+        unique_lm=r2_joint - r2_base, unique_baseline=r2_joint - r2_lm,
+        shared=r2_lm + r2_base - r2_joint, deltas=deltas,
+    )
+
+
+def baseline_design(stories, baselines: Sequence[str] = ("word_rate", "phoneme_rate"),
+                    delays: Sequence[int] = (1, 2, 3, 4)) -> np.ndarray:
+    """Low-level baseline design for ``stories``: rates on the TR grid, z-scored per
+    story, delayed. ``phoneme_rate`` needs a phone tier in every story."""
+    funcs = {"word_rate": word_rate, "phoneme_rate": phoneme_rate}
+    unknown = [x for x in baselines if x not in funcs]
+    if unknown or not baselines:
+        raise ValidationError(f"baselines must be a non-empty subset of {list(funcs)}, got {list(baselines)}")
+    cols = [np.concatenate([funcs[name](s) for s in stories]) for name in baselines]
+    lengths = [s.n_trs for s in stories]
+    X = zscore_per_story(np.stack(cols, axis=1), lengths)
+    return Delayer(delays).fit_transform(X, story_lengths=lengths).astype(np.float32)
+
+
+def partition_variance(features, dataset, layer: int, subjects: Sequence[str] | None = None,
+                       baselines: Sequence[str] = ("word_rate", "phoneme_rate"),
+                       delays: Sequence[int] = (1, 2, 3, 4), **kwargs):
+    """:func:`variance_partition` of one layer against low-level baselines, per subject.
+
+    Returns an ``xarray.Dataset`` (subject x target) with the variables of
+    :func:`variance_partition` (without ``deltas``).
+    """
+    import xarray as xr
+
+    from ..features import design
+    from .api import load_responses, subject_groups
+
+    subjects = list(dataset.subjects if subjects is None else subjects)
+    T = max(dataset.space(s).n_targets for s in subjects)
+    names = ("r2_joint", "r2_lm", "r2_baseline", "unique_lm", "unique_baseline", "shared")
+    out = {k: np.full((len(subjects), T), np.nan, np.float32) for k in names}
+    for train, test, members in subject_groups(dataset, subjects):
+        tr = [dataset.stories[s] for s in train]
+        te = [dataset.stories[s] for s in test]
+        X, Xt = design(features, tr, layer, delays=delays), design(features, te, layer, delays=delays)
+        B, Bt = baseline_design(tr, baselines, delays), baseline_design(te, baselines, delays)
+        for s in members:
+            Y = load_responses(dataset, s, train)
+            Yt = load_responses(dataset, s, test)
+            res = variance_partition(X, B, Y, [x.n_trs for x in tr], Xt, Bt, Yt, **kwargs)
+            for k in names:
+                out[k][subjects.index(s), : Y.shape[1]] = res[k]
+    return xr.Dataset(
+        {k: (("subject", "target"), v) for k, v in out.items()},
+        coords={"subject": np.asarray(subjects, dtype=str), "target": np.arange(T)},
+        attrs={"model": features.model, "revision": features.revision or "", "layer": int(layer),
+               "baselines": list(baselines), "dataset": dataset.name},
+    )
