@@ -21,8 +21,10 @@ _SUBMODULES = (
     "features",
     "plotting",
     "rois",
+    "surfaces",
     "sweep",
     "timing",
+    "training",
     "transcripts",
 )
 

@@ -90,7 +90,10 @@ def _dataset(cfg: RunConfig):
         kwargs = dict(d.options)
         if d.root is not None:
             kwargs["root"] = str(Path(d.root).expanduser())
-        _DATASETS[key] = datasets.load(d.name, subjects=d.subjects, **kwargs)
+        try:
+            _DATASETS[key] = datasets.load(d.name, subjects=d.subjects, **kwargs)
+        except KeyError as exc:  # an unknown subject
+            raise ValidationError(f"dataset.subjects: {exc.args[0]}") from None
     return _DATASETS[key]
 
 
@@ -198,6 +201,13 @@ def _n_layers(ckpt: Checkpoint, trust_remote_code: bool) -> int:
     raise ValidationError(f"model {ckpt.model}: cannot tell its number of layers from its config")
 
 
+def _atlas_space(name: str) -> bool:
+    """True for spaces brainalign has atlases for (fsaverage surfaces)."""
+    from ..stimulus import FSAVERAGE_SIZES
+
+    return name in FSAVERAGE_SIZES
+
+
 def make_plan(config: RunConfig | str | Path | dict) -> Plan:
     """Validate everything that can be validated before work starts.
 
@@ -223,9 +233,14 @@ def make_plan(config: RunConfig | str | Path | dict) -> Plan:
     n_layers = _n_layers(checkpoints[-1], cfg.model.trust_remote_code)
     layers = cfg.resolve_layers(n_layers)
     roi_names = ["whole_cortex"]
-    if first.is_surface:
+    if _atlas_space(first.name):
         atlas = rois.load_atlas(cfg.rois.atlas, space=first.name)
         roi_names = [atlas.names[k] for k in sorted(atlas.names) if k != 0]
+    elif cfg.rois.atlas != "whole_cortex":
+        raise ValidationError(
+            f"rois.atlas: {cfg.rois.atlas!r} needs an fsaverage space, but the data are in {first.name!r}; "
+            "use 'whole_cortex' (the mean over all targets)"
+        )
     return Plan(
         config=cfg,
         checkpoints=checkpoints,
@@ -324,15 +339,17 @@ def run_checkpoint(plan: Plan, index: int, progress: bool = False) -> dict:
         backend=e.backend,
         delays=tuple(e.delays),
         stats=cfg.stats.permutations > 0,
-        n_permutations=cfg.stats.permutations,
-        block_size=cfg.stats.block_size,
-        fdr=cfg.stats.fdr,
+        n_permutations=max(cfg.stats.permutations, 1),
+        block_length=cfg.stats.block_size,
+        fdr_q=cfg.stats.fdr,
+        progress=progress,
     )
-    roi = None
-    if plan.hemi[0] in ("L", "R"):
+    if _atlas_space(plan.space):
         atlas = rois.load_atlas(cfg.rois.atlas, space=plan.space)
         agg = rois.aggregate(res, atlas=atlas, how=cfg.rois.how)
         roi = agg["fraction_significant" if cfg.rois.how == "fraction_significant" else "score"]
+    else:  # no atlas for this space: the whole-target mean
+        roi = res["score"].mean("target").expand_dims(roi=["whole_cortex"])
     region = _region(plan, ckpt, res, roi, fs)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

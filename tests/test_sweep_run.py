@@ -1,0 +1,139 @@
+"""End-to-end sweeps: resume after SIGKILL, Dask equals in-process, errors before work."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+from brainalign import ValidationError
+from brainalign.sweep import ResultsStore, Sweep, make_plan, run
+
+PROVENANCE_VARS = ["task_seconds", "task_peak_rss_mb"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny GPT-NeoX with 5 log-spaced checkpoints (a few seconds on CPU)."""
+    from brainalign.datasets import _corpus
+    from brainalign.training import train_tiny
+
+    out = tmp_path_factory.mktemp("tiny")
+    return train_tiny(_corpus.stories_dir(), out / "model", n_layers=2, hidden=32, heads=2, seq_len=32,
+                      steps=30, batch_size=4, checkpoints=5, seed=0)
+
+
+def _config(tmp_path: Path, model_dir: Path, store: str = "results.zarr", **over) -> dict:
+    cfg = {
+        "dataset": {"name": "simulated", "options": {"space": 400, "stories": 4, "features": "random:8", "n_subjects": 2, "snr": 2.0}},
+        "model": {"name": str(model_dir)},
+        "layers": "all",
+        "features": {"context_tokens": 32, "batch_size": 8},
+        "encoding": {"alphas": {"logspace": [0, 4, 5]}, "n_folds": 3},
+        "output": {"store": str(tmp_path / store)},
+    }
+    for k, v in over.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    return cfg
+
+
+def _values(path) -> xr.Dataset:
+    ds = Sweep(path).results
+    return ds.drop_vars(PROVENANCE_VARS).drop_attrs()
+
+
+def test_plan_validates_before_any_work(tmp_path, tiny_run):
+    cfg = _config(tmp_path, tiny_run.out_dir)
+    plan = make_plan(cfg)
+    assert [c.label for c in plan.checkpoints] == list(tiny_run.checkpoints)
+    assert plan.layers == [0, 1, 2] and plan.subjects == ["sim01", "sim02"]
+    np.testing.assert_array_equal([c.tokens for c in plan.checkpoints], list(tiny_run.tokens.values()))
+
+    bad = _config(tmp_path, tiny_run.out_dir, model={"revisions": ["checkpoint-1", "checkpoint-999999"]})
+    with pytest.raises(ValidationError, match=r"model.revisions: \['checkpoint-999999'\] not found"):
+        run(bad)
+    bad = _config(tmp_path, tiny_run.out_dir, dataset={"subjects": ["sim01", "sim07"]})
+    with pytest.raises(ValidationError, match=r"dataset.subjects: .*no subject 'sim07'"):
+        run(bad)
+    bad = _config(tmp_path, tiny_run.out_dir, layers=[0, 9])
+    with pytest.raises(ValidationError, match=r"layers: \[9\] out of range"):
+        run(bad)
+    bad = _config(tmp_path, tiny_run.out_dir, encoding={"n_fold": 3})
+    with pytest.raises(ValidationError, match=r"encoding.n_fold: unknown key"):
+        run(bad)
+    assert not (tmp_path / "results.zarr").exists()  # nothing was started
+
+
+def test_sweep_results_are_complete_and_sensible(tmp_path, tiny_run):
+    sweep = run(_config(tmp_path, tiny_run.out_dir), progress=False)
+    ds = sweep.results
+    assert ds.done.all()
+    assert dict(ds.sizes) == {"checkpoint": 5, "layer": 3, "subject": 2, "target": 400, "roi": 1}
+    assert np.isfinite(ds.score.values).all() and np.isfinite(ds.alpha.values).all()
+    assert list(ds.tokens.values) == sorted(ds.tokens.values)
+    np.testing.assert_allclose(ds.depth.values, [0, 0.5, 1.0])
+    np.testing.assert_allclose(ds.roi_score.sel(roi="whole_cortex").values, ds.score.mean("target").values, rtol=1e-5)
+    assert ds.attrs["config"]["model"]["name"] == str(tiny_run.out_dir)
+    assert "himalaya" in ds.attrs["package_versions"] and np.all(ds.task_seconds.values > 0)
+    # a second run finds everything done and changes nothing
+    before = _values(sweep.path)
+    run(_config(tmp_path, tiny_run.out_dir), progress=False)
+    xr.testing.assert_identical(before, _values(sweep.path))
+
+
+def test_incompatible_rerun_is_refused(tmp_path, tiny_run):
+    run(_config(tmp_path, tiny_run.out_dir, model={"revisions": ["checkpoint-0", "checkpoint-1"]}), progress=False)
+    other = _config(tmp_path, tiny_run.out_dir, model={"revisions": ["checkpoint-0", "checkpoint-1"]}, encoding={"n_folds": 2})
+    with pytest.raises(ValidationError, match="other settings.*--force"):
+        run(other, progress=False)
+    run(other, force=True, progress=False)
+    assert Sweep(tmp_path / "results.zarr").results.attrs["config"]["encoding"]["n_folds"] == 2
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, tiny_run):
+    cfg = _config(tmp_path, tiny_run.out_dir, store="killed.zarr")
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "brainalign.cli", "run", str(cfg_path), "--no-report"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done_dir = tmp_path / "killed.zarr" / ".brainalign" / "done"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if done_dir.is_dir() and len(list(done_dir.glob("*.json"))) >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    store = ResultsStore(tmp_path / "killed.zarr")
+    n_done = len(store.done_info())
+    assert 0 < n_done < 5, f"the kill should land mid-sweep ({n_done} of 5 regions done)"
+    # a region whose data was written but whose marker was not is redone, not trusted:
+    # scribble over a done region and drop its marker, as a crash between the two would
+    label = next(iter(store.done_info()))
+    region = store.open().sel(checkpoint=[label]).load()
+    for v in region.data_vars:
+        if np.issubdtype(region[v].dtype, np.floating):
+            region[v].values[:] = -7.0
+    store.write_region(label, region.drop_vars(["checkpoint"]).squeeze("checkpoint"), "stale")
+    (store.path / ".brainalign" / "done" / f"{label}.json").unlink()
+
+    resumed = run(cfg, progress=False)
+    straight = run(_config(tmp_path, tiny_run.out_dir, store="straight.zarr"), progress=False)
+    xr.testing.assert_identical(_values(resumed.path), _values(straight.path))
+
+
+def test_dask_local_cluster_equals_in_process(tmp_path, tiny_run):
+    pytest.importorskip("distributed")
+    revs = {"revisions": ["checkpoint-0", "checkpoint-3", "checkpoint-30"]}
+    local = run(_config(tmp_path, tiny_run.out_dir, store="local.zarr", model=revs), progress=False)
+    dask = run(_config(tmp_path, tiny_run.out_dir, store="dask.zarr", model=revs), executor="dask", workers=2, progress=False)
+    xr.testing.assert_identical(_values(local.path), _values(dask.path))
+    hosts = {v["pid"] for v in dask.results.attrs["tasks"].values()}
+    assert os.getpid() not in hosts  # the work ran in the workers
