@@ -211,3 +211,16 @@ def test_noise_ceiling_known_values(rng):
     assert ev[1] == pytest.approx(0.5, abs=0.1)
     with pytest.raises(ValidationError, match="n_repeats"):
         noise_ceiling(reps[:1])
+
+
+def test_partition_variance_on_dataset():
+    from brainalign.encoding import partition_variance
+
+    ds, wf, truth = make_data(seed=5, planted=True)
+    out = partition_variance(wf, ds, layer=1, backend="numpy", n_iter=5)
+    assert dict(out.sizes) == {"subject": 1, "target": SPACE.n_targets}
+    roi = np.arange(SPACE.n_targets) < N_ROI
+    u = out.unique_lm.sel(subject="s1").values
+    assert np.median(u[roi]) > 0.3  # the planted LM signal is not word rate
+    assert abs(np.median(u[~roi])) < 0.02
+    assert abs(np.median(out.unique_baseline.sel(subject="s1").values[roi])) < 0.05

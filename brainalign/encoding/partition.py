@@ -2,9 +2,9 @@
 
 Three models per target, all scored as held-out R^2 on the test stories: the LM
 features alone (brainalign's ridge), the low-level baseline alone (the same ridge), and
-both together with one penalty per feature space (himalaya's banded ridge, as a
-multiple-kernel ridge on precomputed linear kernels with random search over the
-feature-space weights). With ``R2_ab`` the joint score::
+both together with one penalty per feature space (himalaya's banded ridge,
+``BandedRidgeCV`` when samples outnumber features, else ``MultipleKernelRidgeCV`` on
+precomputed linear kernels; random search over the feature-space weights). With ``R2_ab`` the joint score::
 
     unique_lm       = R2_ab - R2_baseline
     unique_baseline = R2_ab - R2_lm
@@ -53,6 +53,7 @@ def variance_partition(
     the log feature-space weights the banded ridge chose.
     """
     from himalaya.kernel_ridge import MultipleKernelRidgeCV
+    from himalaya.ridge import BandedRidgeCV
 
     arrs = [np.asarray(a, dtype=np.float32) for a in (X_lm, X_base, Y, X_lm_test, X_base_test, Y_test)]
     X_lm, X_base, Y, X_lm_test, X_base_test, Y_test = arrs
@@ -65,15 +66,24 @@ def variance_partition(
     base = fit_ridge_cv(X_base, Y, story_lengths, X_test=X_base_test, Y_test=Y_test, **kw)
     b = resolve_backend(backend)
     folds = story_folds(story_lengths, n_folds)
-    Ks = np.stack([X_lm @ X_lm.T, X_base @ X_base.T]).astype(np.float32)
-    Ks_test = np.stack([X_lm_test @ X_lm.T, X_base_test @ X_base.T]).astype(np.float32)
-    with using_backend(b):
-        model = MultipleKernelRidgeCV(
-            kernels="precomputed", solver="random_search", cv=folds, random_state=random_state,
-            solver_params=dict(n_iter=n_iter, alphas=np.asarray(alphas, dtype=np.float32), progress_bar=False),
-        )
-        model.fit(Ks, Y)
-        pred = b.to_numpy(model.predict(Ks_test))
+    params = dict(n_iter=n_iter, alphas=np.asarray(alphas, dtype=np.float32), progress_bar=False)
+    n, p = X_lm.shape[0], X_lm.shape[1] + X_base.shape[1]
+    from threadpoolctl import threadpool_limits
+
+    # small problems: BLAS threads only add synchronisation (measured 10x slower on a busy machine)
+    with using_backend(b), threadpool_limits(1 if n * p < 5_000_000 else None):
+        if n >= p:  # banded ridge in primal form: one SVD per fold and feature-space weighting
+            groups = np.r_[np.zeros(X_lm.shape[1], int), np.ones(X_base.shape[1], int)]
+            model = BandedRidgeCV(groups=groups, solver_params=params, cv=folds, random_state=random_state)
+            model.fit(np.hstack([X_lm, X_base]), Y)
+            pred = b.to_numpy(model.predict(np.hstack([X_lm_test, X_base_test])))
+        else:  # multiple-kernel ridge on precomputed linear kernels
+            Ks = np.stack([X_lm @ X_lm.T, X_base @ X_base.T]).astype(np.float32)
+            Ks_test = np.stack([X_lm_test @ X_lm.T, X_base_test @ X_base.T]).astype(np.float32)
+            model = MultipleKernelRidgeCV(kernels="precomputed", solver="random_search", cv=folds,
+                                          random_state=random_state, solver_params=params)
+            model.fit(Ks, Y)
+            pred = b.to_numpy(model.predict(Ks_test))
         deltas = b.to_numpy(model.deltas_)
     r2_joint = r2_score(Y_test, pred)
     r2_lm = lm.r2.astype(np.float64)
