@@ -1,90 +1,114 @@
-"""``brainalign demo``: the pipeline that exists so far, end to end, on embedded data.
+"""``brainalign demo``: the whole pipeline, offline, on embedded data, in minutes.
 
-Stories with natural word timings -> low-level word features -> Lanczos resampling to
-the TR grid, per-story z-scoring, FIR delays -> responses with a planted signal in some
-targets -> ridge (himalaya) with per-target alphas chosen by leave-stories-out CV ->
-held-out scores. It reports how many planted targets were recovered.
+1. Simulated story-listening fMRI on fsaverage5: the project's own stories with natural
+   word timings, responses driven by a middle layer of the pretrained MiniLM in planted
+   regions, AR(1) noise smooth across the cortex, a repeated test story.
+2. A tiny GPT-NeoX trained on the same story corpus, with log-spaced checkpoints.
+3. The sweep: every checkpoint x every layer x every subject, resumable zarr store.
+4. ROI curves, phase detection, internal-state curves, flatmaps, a training movie and
+   the HTML report.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import time
 from pathlib import Path
-
-import numpy as np
-
-from .stimulus import Story
-from .timing import Delayer, StoryKFold, downsample_story, word_rate, zscore_per_story
 
 log = logging.getLogger(__name__)
 
-_TEXT = (
-    "the morning the river froze my grandmother walked out onto the ice with a kettle of hot water "
-    "she said the fish needed to know that somebody remembered them and she poured the water through "
-    "a crack near the bank while the dog barked at the steam we laughed at her then but every winter "
-    "after that i found myself standing at the same spot listening for something under the ice"
-).split()
+__all__ = ["demo_config", "run_demo"]
+
+#: simulated data the demo uses (and the sweep reloads, deterministically, by seed)
+DEMO_DATA = {"n_subjects": 3, "stories": None, "space": "fsaverage5", "snr": 4.0, "seed": 0}
+QUICK_DATA = {"n_subjects": 2, "stories": 5, "space": "fsaverage5", "snr": 4.0, "seed": 0}
+#: ~300k training tokens: past that the tiny model memorises the 4.6k-word corpus
+#: (its held-out loss stalls while the training loss keeps falling)
+DEMO_TRAIN = {"n_layers": 2, "hidden": 64, "heads": 4, "seq_len": 128, "steps": 150, "batch_size": 16,
+              "checkpoints": 10, "weight_decay": 0.1}
+QUICK_TRAIN = {"n_layers": 2, "hidden": 32, "heads": 2, "seq_len": 64, "steps": 40, "batch_size": 8, "checkpoints": 5}
 
 
-def _make_story(name: str, n_words: int, rng: np.random.Generator, tr: float = 2.0) -> Story:
-    words = [_TEXT[i % len(_TEXT)] for i in rng.integers(0, len(_TEXT), n_words)]
-    durations = 0.12 + 0.06 * np.array([len(w) for w in words]) + rng.gamma(2.0, 0.03, n_words)
-    gaps = np.where(rng.random(n_words) < 0.08, rng.uniform(0.3, 0.9, n_words), 0.02)
-    onsets = np.cumsum(np.concatenate([[0.5], (durations + gaps)[:-1]]))
-    offsets = onsets + durations
-    n_trs = int(offsets[-1] // tr) + 1
-    return Story(name, words, onsets, offsets, tr, tr * np.arange(n_trs) + tr / 2)
-
-
-def run_demo(out_dir: str | Path = "brainalign-demo", quick: bool = False, seed: int = 0) -> Path:
-    from himalaya.ridge import RidgeCV
-
-    rng = np.random.default_rng(seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    n_stories, n_words, n_targets = (4, 400, 200) if quick else (8, 900, 2000)
-    stories = [_make_story(f"story{i:02d}", n_words, rng) for i in range(n_stories)]
-    lengths = [s.n_trs for s in stories]
-
-    # word features: word rate, word length, and a random 8-d "semantic" embedding per word type
-    vocab = {w: rng.standard_normal(8) for w in _TEXT}
-    X_story = []
-    for s in stories:
-        word_feats = np.column_stack([[len(w) for w in s.words], np.stack([vocab[w] for w in s.words])])
-        X_story.append(np.column_stack([word_rate(s), downsample_story(s, word_feats)]))
-    X = Delayer((1, 2, 3, 4)).fit_transform(zscore_per_story(np.vstack(X_story), lengths), story_lengths=lengths)
-
-    planted = np.zeros(n_targets, dtype=bool)
-    planted[: n_targets // 5] = True
-    W = rng.standard_normal((X.shape[1], n_targets)) * planted
-    signal = X @ W
-    signal /= signal.std(0, keepdims=True) + 1e-12
-    noise = np.zeros_like(signal)
-    for t in range(1, noise.shape[0]):  # AR(1) noise, as in real BOLD
-        noise[t] = 0.5 * noise[t - 1] + rng.standard_normal(n_targets)
-    Y = zscore_per_story(signal + 2.0 * noise / noise.std(0), lengths).astype(np.float32)
-
-    n_test = lengths[-1]
-    Xtr, Xte, Ytr, Yte = X[:-n_test], X[-n_test:], Y[:-n_test], Y[-n_test:]
-    cv = list(StoryKFold(n_splits=3).split(lengths[:-1]))
-    log.info("fitting %d targets on %d TRs x %d features", n_targets, Xtr.shape[0], Xtr.shape[1])
-    model = RidgeCV(alphas=np.logspace(-1, 5, 13), cv=cv).fit(Xtr.astype(np.float32), Ytr)
-    pred = np.asarray(model.predict(Xte.astype(np.float32)))
-    pz = (pred - pred.mean(0)) / (pred.std(0) + 1e-12)
-    yz = (Yte - Yte.mean(0)) / (Yte.std(0) + 1e-12)
-    r = (pz * yz).mean(0)
-    summary = {
-        "stories": n_stories,
-        "trs": int(sum(lengths)),
-        "targets": n_targets,
-        "planted_targets": int(planted.sum()),
-        "mean_r_planted": float(r[planted].mean()),
-        "mean_r_other": float(r[~planted].mean()),
-        "planted_in_top_fifth": float(np.mean(np.argsort(-r)[: planted.sum()] < planted.sum())),
+def demo_config(out: Path, model_dir: Path, quick: bool = False) -> dict:
+    """The sweep config of the demo (also a template for users' own runs)."""
+    return {
+        "dataset": {"name": "simulated", "options": dict(QUICK_DATA if quick else DEMO_DATA)},
+        "model": {"name": str(model_dir)},
+        "layers": "all",
+        "features": {"context_tokens": 64 if quick else 128, "batch_size": 16},  # the model's own length
+        "encoding": {"alphas": {"logspace": [0, 5, 11]}, "n_folds": 3 if quick else 5},
+        "stats": {"permutations": 0},
+        "rois": {"atlas": "language", "how": "mean"},
+        "output": {"store": str(out / "results.zarr")},
     }
-    path = out / "summary.json"
-    path.write_text(json.dumps(summary, indent=2))
-    for k, v in summary.items():
-        print(f"{k:22s} {v:.3f}" if isinstance(v, float) else f"{k:22s} {v}")
+
+
+def write_ground_truth_atlas(dataset, folder: Path) -> Path:
+    """The simulation's planted regions (of its first subject) as a label GIfTI pair,
+    plus ``other_cortex``: every other vertex off the medial wall. Returns the left file.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    from .surfaces.meshes import medial_wall
+
+    gt = dataset.ground_truth
+    labels = gt.roi_labels[dataset.subjects[0]].astype(np.int32).copy()
+    other = max(gt.roi_names) + 1
+    labels[(labels == 0) & ~medial_wall(dataset.space(dataset.subjects[0]).name)] = other
+    # the atlas reader prefixes each name with its hemisphere
+    names = {k: v.split("_", 1)[1] if v[:2] in ("L_", "R_") else v for k, v in gt.roi_names.items()}
+    names[other] = "other_cortex"
+    folder.mkdir(parents=True, exist_ok=True)
+    n = labels.size // 2
+    for hemi, part in (("lh", labels[:n]), ("rh", labels[n:])):
+        table = nib.gifti.GiftiLabelTable()
+        for k, name in [(0, "unknown"), *sorted(names.items())]:
+            lab = nib.gifti.GiftiLabel(key=k)
+            lab.label = name
+            table.labels.append(lab)
+        arr = nib.gifti.GiftiDataArray(part, intent="NIFTI_INTENT_LABEL", datatype="NIFTI_TYPE_INT32")
+        nib.save(nib.gifti.GiftiImage(darrays=[arr], labeltable=table), folder / f"{hemi}.planted.label.gii")
+    return folder / "lh.planted.label.gii"
+
+
+def _quiet_transformers() -> None:
+    """Hide transformers' per-file progress bars; brainalign shows its own."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def run_demo(out_dir: str | Path = "brainalign-demo", quick: bool = False) -> Path:
+    """Run the demo into ``out_dir`` and return the path of its HTML report."""
+    import yaml
+
+    from .datasets import _corpus
+    from .sweep import run
+    from .sweep.analyze import report
+    from .training import train_tiny
+
+    _quiet_transformers()
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    print(f"[1/4] training a tiny GPT-NeoX on the story corpus ({_corpus.stories_dir()})", flush=True)
+    tr = train_tiny(_corpus.stories_dir(), out / "tiny-gpt-neox", **(QUICK_TRAIN if quick else DEMO_TRAIN), overwrite=True)
+    cfg = demo_config(out, tr.out_dir, quick=quick)
+    print("[1b] simulating fMRI responses driven by MiniLM layer 3 in planted regions", flush=True)
+    from .sweep.config import load_config
+    from .sweep.run import _dataset
+
+    dataset = _dataset(load_config(cfg))  # the sweep below reuses this in-process
+    cfg["rois"]["atlas"] = str(write_ground_truth_atlas(dataset, out / "atlas"))
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    print(f"[2/4] sweep: {len(tr.checkpoints)} checkpoints x all layers x subjects (config: {out / 'config.yaml'})", flush=True)
+    sweep = run(cfg)
+    print("[3/4] curves, phases, internal states, maps", flush=True)
+    path = report(sweep.path, out / "report.html", figures_dir=out / "figures")
+    print(f"[4/4] done in {time.perf_counter() - t0:.0f} s", flush=True)
     return path

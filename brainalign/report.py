@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .sweep.store import atomic_write_text
+from ._io import atomic_write_text
 
 __all__ = ["Section", "figure_to_data_uri", "write_report"]
 

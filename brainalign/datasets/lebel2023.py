@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .._io import atomic_path, atomic_write_json
 from ..errors import DataNotFoundError, NotDownloadedError, ValidationError, check_data_file, is_annex_pointer
 from ..stimulus import Responses, Space, Story
 from ._corpus import lebel_tr_times
@@ -312,18 +313,13 @@ def write(dataset: Dataset, root: str | os.PathLike) -> Path:
             phones = [Interval(float(a), float(b), "sp") for a, b in zip(st.onsets, st.offsets)]
         tg.addTier(tgio.IntervalTier("phone", phones, 0.0, xmax))
         tg.addTier(tgio.IntervalTier("word", words, 0.0, xmax))
-        tmp = tg_dir / f".{name}.TextGrid.tmp"
-        tg.save(str(tmp), format="long_textgrid", includeBlankSpaces=True)
-        os.replace(tmp, tg_dir / f"{name}.TextGrid")
+        with atomic_path(tg_dir / f"{name}.TextGrid") as tmp:
+            tg.save(str(tmp), format="long_textgrid", includeBlankSpaces=True)
     for subj in dataset.subjects:
         d = root / DERIV / "preprocessed_data" / subj
         d.mkdir(parents=True, exist_ok=True)
         for name in dataset.stories_of(subj):
-            tmp = d / f".{name}.hf5.tmp"
-            with h5py.File(tmp, "w") as f:
+            with atomic_path(d / f"{name}.hf5") as tmp, h5py.File(tmp, "w") as f:
                 f.create_dataset("data", data=dataset.responses(subj, name))
-            os.replace(tmp, d / f"{name}.hf5")
-    tmp = root / DERIV / ".respdict.json.tmp"
-    tmp.write_text(json.dumps({k: int(v) for k, v in respdict.items()}, indent=1))
-    os.replace(tmp, root / DERIV / "respdict.json")
+    atomic_write_json(root / DERIV / "respdict.json", {k: int(v) for k, v in respdict.items()}, indent=1)
     return root

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from .._io import atomic_path
 from ..errors import DataNotFoundError, ValidationError, check_data_file, is_annex_pointer
 from ..stimulus import FSAVERAGE_SIZES, Responses, Space, Story
 from ..timing import zscore
@@ -369,10 +370,8 @@ def write(dataset: Dataset, root: str | os.PathLike, smooth: bool = True) -> Pat
     pipe, desc = _pipeline(smooth)
 
     def atomic(path: Path, writer) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        writer(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            writer(tmp)
 
     for name, st in dataset.stories.items():
         onset = -float(st.tr_times[0])

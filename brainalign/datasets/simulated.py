@@ -35,12 +35,12 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.signal import lfilter
 
+from .._io import atomic_save_npy
 from ..errors import ValidationError
 from ..stimulus import FSAVERAGE_SIZES, Responses, Space, Story
 from ..timing import lanczos_matrix, zscore
@@ -191,10 +191,7 @@ def minilm_features(
             return np.load(cfile, allow_pickle=False)
         arr = _minilm_compute(story, path, layer, context, batch_size, use_extract)
         if cache:
-            cfile.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cfile.with_suffix(f".tmp{os.getpid()}.npy")
-            np.save(tmp, arr, allow_pickle=False)
-            os.replace(tmp, cfile)
+            atomic_save_npy(cfile, arr)
         return arr
 
     source.description = f"all-MiniLM-L6-v2 layer {layer} of 6, {context} words of left context"  # type: ignore[attr-defined]

@@ -30,7 +30,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from .. import config
+from .._io import atomic_save_npy, atomic_write_bytes
 from .._version import __version__
 
 __all__ = ["FeatureCache", "StoryEntry", "CACHE_FORMAT", "slug", "digest"]
@@ -64,28 +64,6 @@ def model_key(model: str) -> str:
     if p.exists():
         return f"{slug(p.name)}-{digest(str(p.resolve()), 8)}"
     return slug(model)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class StoryEntry:
@@ -148,7 +126,7 @@ class StoryEntry:
                     a = a.astype(np.float32)
             else:
                 a = a.astype(np.float32)
-            _atomic_save_npy(self._layer_file(layer), np.ascontiguousarray(a))
+            atomic_save_npy(self._layer_file(layer), np.ascontiguousarray(a))
             stored[int(layer)] = str(a.dtype)
         old = self.meta or {}
         new = dict(meta)
@@ -159,7 +137,7 @@ class StoryEntry:
         dtypes.update(stored)
         new["layers"] = sorted(dtypes)
         new["dtypes"] = {str(k): v for k, v in sorted(dtypes.items())}
-        _atomic_write_bytes(self.path / "meta.json", json.dumps(new, indent=1, sort_keys=True).encode())
+        atomic_write_bytes(self.path / "meta.json", json.dumps(new, indent=1, sort_keys=True).encode())
 
 
 class FeatureCache:
@@ -206,7 +184,7 @@ class FeatureCache:
             d.mkdir(parents=True, exist_ok=True)
             full = dict(settings, model=str(model), revision=revision, commit=commit, package_version=__version__,
                         cache_format=CACHE_FORMAT)
-            _atomic_write_bytes(f, json.dumps(full, indent=1, sort_keys=True, default=str).encode())
+            atomic_write_bytes(f, json.dumps(full, indent=1, sort_keys=True, default=str).encode())
 
     # -- housekeeping ---------------------------------------------------------------
     def info(self) -> list[dict]:

@@ -17,13 +17,13 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from .._io import atomic_path
 from ..errors import DataNotFoundError, ValidationError
 from ..stimulus import FSAVERAGE_SIZES, Space
 from ..surfaces.meshes import load_mesh, medial_wall, resample, space_of_size, sulcal_depth, surface_space_name
@@ -228,15 +228,9 @@ def save_figure(fig, out: "str | os.PathLike", dpi: float | None = None) -> Path
         raise ValidationError(f"out={out}: unknown figure format {suffix!r}; use one of {', '.join(_FORMATS)}")
     if not out.parent.exists():
         raise ValidationError(f"out={out}: folder {out.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=suffix, dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=dpi or PAPER_RC["savefig.dpi"], format=suffix.lstrip(".").replace("jpg", "jpeg"),
                     bbox_inches="tight", pad_inches=0.05)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     log.info("wrote %s", out)
     return out
 
@@ -750,32 +744,20 @@ def flatmap_movie(
 def _write_gif(images: list[np.ndarray], out: Path, fps: float) -> Path:
     import imageio.v3 as iio
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".gif", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         iio.imwrite(tmp, np.stack(images), extension=".gif", duration=1000.0 / fps, loop=0)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     log.info("wrote %s (%d frames)", out, len(images))
     return out
 
 
 def _write_mp4(images: list[np.ndarray], out: Path, fps: float, ffmpeg: str) -> Path:
     h, w = images[0].shape[:2]
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".mp4", dir=out.parent)
-    os.close(fd)
-    cmd = [ffmpeg, "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
-           "-r", f"{fps}", "-i", "-", "-pix_fmt", "yuv420p", "-vcodec", "libx264", tmp]
-    try:
+    with atomic_path(out) as tmp:
+        cmd = [ffmpeg, "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
+               "-r", f"{fps}", "-i", "-", "-pix_fmt", "yuv420p", "-vcodec", "libx264", str(tmp)]
         proc = subprocess.run(cmd, input=b"".join(np.ascontiguousarray(i).tobytes() for i in images),
                               capture_output=True, check=False)
         if proc.returncode != 0:
             raise ValidationError(f"ffmpeg failed writing {out}: {proc.stderr.decode(errors='replace')[-500:]}")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     log.info("wrote %s", out)
     return out

@@ -7,11 +7,9 @@ states are written to the store's ``analysis`` group.
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -77,9 +75,13 @@ def phase_table(curves: xr.Dataset, x: str = "tokens", n_boot: int = 200) -> tup
         keep = np.isfinite(curve[x].values) & (curve[x].values > 0) & np.isfinite(curve.values).all(axis=-1)
         if keep.sum() < 4:
             continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pr = detect_phases(curve.isel(checkpoint=np.flatnonzero(keep)), x=x, n_boot=n_boot, name=roi)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pr = detect_phases(curve.isel(checkpoint=np.flatnonzero(keep)), x=x, n_boot=n_boot, name=roi)
+        except ValidationError as exc:  # too few checkpoints for a segmentation
+            log.info("no phase detection for %s: %s", roi, exc)
+            continue
         results[roi] = pr
         frame = pr.to_frame()
         frame.insert(0, "roi", roi)
@@ -118,7 +120,7 @@ def internal_state_curves(path: str | Path, max_words: int = 1500) -> xr.Dataset
     if local:
         try:
             heads = model_states({c.label: c.model for c in ckpts}, tokens=tokens)
-            out = xr.merge([out, heads[[v for v in heads.data_vars if "head" not in heads[v].dims]]], compat="override")
+            out = xr.merge([out, heads[[v for v in heads.data_vars if "head" not in heads[v].dims]]], compat="override", join="outer")
         except Exception as exc:  # noqa: BLE001 - head scores are optional (e.g. an encoder model)
             log.warning("head scores skipped: %s", exc)
     with _quiet():
@@ -203,7 +205,9 @@ def report(path: str | Path, out: str | Path = "report.html", figures_dir: str |
         return fig
 
     space = res.attrs.get("space", "fsaverage5")
-    surface = "hemi" in res.coords and set(np.unique(res.hemi.values)) <= {"L", "R"}
+    from ..stimulus import FSAVERAGE_SIZES
+
+    surface = space in FSAVERAGE_SIZES
     mean_score = done["score"].mean("subject")
     last = done.checkpoint.values[-1]
     wc = curves["score_mean"].sel(roi=curves.roi.values[0])

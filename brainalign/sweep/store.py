@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .._io import atomic_write_text
 from ..errors import ValidationError
 
 __all__ = ["ResultsStore", "IncompatibleStoreError", "atomic_write_text"]
@@ -31,21 +31,6 @@ _META = ".brainalign"
 
 class IncompatibleStoreError(ValidationError):
     """The store holds results made with other settings (use force=True to start over)."""
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _zarr_kwargs() -> dict[str, Any]:

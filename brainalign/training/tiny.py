@@ -24,13 +24,13 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .._io import atomic_path, atomic_write_json
 from ..errors import DataNotFoundError, ValidationError
 
 log = logging.getLogger(__name__)
@@ -168,13 +168,6 @@ def tiny_gpt_neox(
     )
     torch.manual_seed(seed)
     return GPTNeoXForCausalLM(cfg)
-
-
-def _atomic_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2)
-    os.replace(tmp, path)
 
 
 def _eval_loss(model, windows) -> float:
@@ -323,16 +316,15 @@ def train_tiny(
             }
             rec["gap"] = rec["heldout_loss"] - rec["train_loss"]
             records.append(rec)
-            tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{name}."))
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            state = {
-                "global_step": step, "max_steps": steps, "num_input_tokens_seen": int(rec["tokens"]),
-                "train_batch_size": batch_size, "log_history": [dict(r) for r in records],
-            }
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-            os.replace(tmp, out / name)
-            _atomic_json(log_path, {"complete": False, "config": config, "tokens_per_step": batch_size * seq_len, "checkpoints": records})
+            with atomic_path(out / name, directory=True) as tmp:
+                model.save_pretrained(tmp, safe_serialization=True)
+                tokenizer.save_pretrained(tmp)
+                state = {
+                    "global_step": step, "max_steps": steps, "num_input_tokens_seen": int(rec["tokens"]),
+                    "train_batch_size": batch_size, "log_history": [dict(r) for r in records],
+                }
+                (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+            atomic_write_json(log_path, {"complete": False, "config": config, "tokens_per_step": batch_size * seq_len, "checkpoints": records})
             log.info("%s: train loss %.3f, held-out %.3f, |θ| %.1f", name, rec["train_loss"], rec["heldout_loss"], rec["param_norm"])
 
         save(0)
@@ -350,7 +342,7 @@ def train_tiny(
             if step in save_at:
                 save(step)
                 bar.set_postfix(loss=f"{records[-1]['train_loss']:.3f}")
-        _atomic_json(log_path, {"complete": True, "config": config, "tokens_per_step": batch_size * seq_len, "checkpoints": records})
+        atomic_write_json(log_path, {"complete": True, "config": config, "tokens_per_step": batch_size * seq_len, "checkpoints": records})
     finally:
         torch.set_num_threads(old_threads)
     return TinyRun(out, {r["name"]: out / r["name"] for r in records}, records, config)

@@ -1,0 +1,26 @@
+"""The embedded demo, in its quick form: the whole pipeline, offline."""
+
+import numpy as np
+
+from brainalign.cli import main
+from brainalign.sweep import Sweep
+
+
+def test_quick_demo_writes_report_and_finds_the_planted_regions(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert str(out / "report.html") in printed
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "data:image/gif;base64," in html
+    for fig in ("curves.png", "layer_heatmap.png", "flatmap_best.png", "internal_states.png"):
+        assert (out / "figures" / fig).stat().st_size > 10_000, fig
+    res = Sweep(out / "results.zarr").results
+    assert bool(res.done.all()) and res.sizes["checkpoint"] == 5
+    # the MiniLM-driven (planted) regions are more aligned than the rest of the cortex
+    best = res.roi_score.max("layer").mean(["subject", "checkpoint"])
+    planted = [r for r in res.roi.values if "other_cortex" not in r]
+    others = [r for r in res.roi.values if "other_cortex" in r]
+    assert len(planted) == 4 and len(others) == 2
+    assert float(best.sel(roi=planted).min()) > 3 * float(np.abs(best.sel(roi=others)).max())
+    assert float(best.sel(roi=planted).min()) > 0.05
