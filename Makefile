@@ -22,8 +22,13 @@ demo: install
 test: install
 	MPLBACKEND=Agg $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# the quick variants of each benchmark; benchmarks/README.md gives the full commands
 bench: install
-	$(BIN)/python -m benchmarks.run_all
+	$(BIN)/python benchmarks/bench_features.py --threads 1
+	$(BIN)/python benchmarks/bench_encoding.py --n 3000 --p 1000 --t 5000
+	$(BIN)/python benchmarks/bench_plotting.py
+	$(BIN)/python benchmarks/bench_dynamics.py
+	$(BIN)/python benchmarks/bench_demo.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache brainalign-demo

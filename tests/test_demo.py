@@ -24,3 +24,12 @@ def test_quick_demo_writes_report_and_finds_the_planted_regions(tmp_path, capsys
     assert len(planted) == 4 and len(others) == 2
     assert float(best.sel(roi=planted).min()) > 3 * float(np.abs(best.sel(roi=others)).max())
     assert float(best.sel(roi=planted).min()) > 0.05
+
+    # the report and flatmap commands on the demo's store
+    ck = str(res.checkpoint.values[-1])
+    assert main(["flatmap", str(out / "results.zarr"), "--checkpoint", ck, "--layer", "1", "-o", str(tmp_path / "m.png")]) == 0
+    assert (tmp_path / "m.png").stat().st_size > 10_000
+    assert main(["flatmap", str(out / "results.zarr"), "--checkpoint", "nope", "--layer", "1"]) == 2
+    assert "no checkpoint 'nope'" in capsys.readouterr().err
+    assert main(["report", str(out / "results.zarr"), "-o", str(tmp_path / "again.html")]) == 0
+    assert "data:image/gif;base64," in (tmp_path / "again.html").read_text()

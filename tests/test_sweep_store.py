@@ -91,3 +91,24 @@ def test_region_without_marker_is_not_done(tmp_path):
     (store.path / ".brainalign/done/a.json").unlink()  # as if killed between data and marker
     assert not store.done("a", "h1")
     assert store.load().done.values.tolist() == [False, False, False]
+
+
+def test_slurm_job_script_from_config():
+    pytest.importorskip("dask_jobqueue")
+    from brainalign.sweep.run import slurm_cluster
+
+    cfg = load_config({
+        "dataset": {"name": "simulated"},
+        "model": {"name": "m"},
+        "executor": {"kind": "slurm", "slurm": {"queue": "gpu", "cores": 8, "memory": "32GB", "gpus": 1,
+                                                 "walltime": "02:00:00", "job_extra_directives": ["--account=lab"],
+                                                 "scheduler_options": {"host": "127.0.0.1", "dashboard_address": None}}},
+    })
+    cluster = slurm_cluster(cfg.executor)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for line in ("#SBATCH -p gpu", "#SBATCH --cpus-per-task=8", "#SBATCH -t 02:00:00", "#SBATCH --gres=gpu:1", "#SBATCH --account=lab"):
+        assert line in script, line
+    assert "--resources GPU=1" in script and "--nthreads 8" in script and "tcp://127.0.0.1:" in script

@@ -210,9 +210,11 @@ def report(path: str | Path, out: str | Path = "report.html", figures_dir: str |
     surface = space in FSAVERAGE_SIZES
     mean_score = done["score"].mean("subject")
     last = done.checkpoint.values[-1]
-    wc = curves["score_mean"].sel(roi=curves.roi.values[0])
-    best_ck = str(wc.idxmax("checkpoint").values)
-    best_layer = int(curves["best_layer"].sel(roi=curves.roi.values[0], checkpoint=best_ck))
+    # the lead ROI (best subject-mean alignment at any checkpoint) is the one the
+    # single-ROI figures show
+    lead = str(curves["score_mean"].max("checkpoint").idxmax("roi").values)
+    best_ck = str(curves["score_mean"].sel(roi=lead).idxmax("checkpoint").values)
+    best_layer = int(curves["best_layer"].sel(roi=lead, checkpoint=best_ck))
 
     sections = []
     # -- summary
@@ -237,19 +239,19 @@ def report(path: str | Path, out: str | Path = "report.html", figures_dir: str |
 
     # -- curves and phases
     figs = []
-    fig = plot_curves(curves, x="tokens" if _has_axis(curves, "tokens") else "step", phases=phases.get(str(curves.roi.values[0])),
+    fig = plot_curves(curves, x="tokens" if _has_axis(curves, "tokens") else "step", phases=phases.get(lead),
                       figsize=(6.5, 3.6), title="Brain alignment over training (best layer)")
-    figs.append((save(fig, "curves.png"), "ROI alignment over training, mean ± SEM over subjects; shading: phases of the first ROI."))
+    figs.append((save(fig, "curves.png"), f"ROI alignment over training, mean ± SEM over subjects; shading: phases of {lead}."))
     sec = Section("Alignment over training and phase transitions", figures=figs)
-    sec.text = [f"{r}: {p.summary()}" for r, p in phases.items()] or ["Too few checkpoints with a training axis for phase detection."]
+    sec.text = [p.summary() for p in phases.values()] or ["Too few checkpoints with a training axis for phase detection."]
     if len(table):
         sec.tables.append(table)
     sections.append(sec)
 
     # -- layers x checkpoints
-    heat = done["roi_score"].sel(roi=curves.roi.values[0]).mean("subject")
+    heat = done["roi_score"].sel(roi=lead).mean("subject")
     fig = plot_layer_heatmap(heat.transpose("layer", "checkpoint"), x="tokens" if _has_axis(curves, "tokens") else "step",
-                             figsize=(6.5, 3.4), title=f"{curves.roi.values[0]}: layer × checkpoint")
+                             figsize=(6.5, 3.4), title=f"{lead}: layer × checkpoint")
     sections.append(Section("Layers × checkpoints", figures=[(save(fig, "layer_heatmap.png"), "Subject-mean ROI score per layer and checkpoint; dots mark the best layer.")]))
 
     # -- maps
@@ -257,9 +259,9 @@ def report(path: str | Path, out: str | Path = "report.html", figures_dir: str |
         maps = []
         v = mean_score.sel(checkpoint=best_ck, layer=best_layer).values
         fig = flatmap(v, space=space, title=f"{best_ck}, layer {best_layer}: held-out r (subject mean)", label="held-out r")
-        maps.append((save(fig, "flatmap_best.png"), f"Best checkpoint and layer of {curves.roi.values[0]}."))
+        maps.append((save(fig, "flatmap_best.png"), f"Best checkpoint and layer of {lead}."))
         if movie and done.sizes["checkpoint"] > 1:
-            frames = [mean_score.sel(checkpoint=c, layer=int(curves["best_layer"].sel(roi=curves.roi.values[0], checkpoint=c))).values
+            frames = [mean_score.sel(checkpoint=c, layer=int(curves["best_layer"].sel(roi=lead, checkpoint=c))).values
                       for c in done.checkpoint.values]
             labels = [f"{c} — {_tokens_label(float(t))} tokens" for c, t in zip(done.checkpoint.values, done.tokens.values)]
             gif_dir = figdir or path.parent
@@ -272,7 +274,7 @@ def report(path: str | Path, out: str | Path = "report.html", figures_dir: str |
     if states is not None:
         x = states["tokens"].values if "tokens" in states.coords else np.arange(states.sizes["checkpoint"])
         ok = np.isfinite(x) & (x > 0)
-        cur = {"brain alignment (" + str(curves.roi.values[0]) + ")": (curves.tokens.values, curves["score_mean"].sel(roi=curves.roi.values[0]).values)}
+        cur = {f"brain alignment ({lead})": (curves.tokens.values, curves["score_mean"].sel(roi=lead).values)}
         for var in ("cka_final", "cka_prev", "eff_dim", "twonn"):
             if var in states:
                 cur[var.replace("_", " ")] = (x[ok], states[var].mean("layer").values[ok])
@@ -287,7 +289,8 @@ def report(path: str | Path, out: str | Path = "report.html", figures_dir: str |
         keep = {k: (xx[(xx > 0) & np.isfinite(yy)], yy[(xx > 0) & np.isfinite(yy)]) for k, (xx, yy) in keep.items()}
         keep = {k: v for k, v in keep.items() if len(v[0]) >= 2}
         if keep:
-            fig = plot_aligned_curves(keep, title="Brain alignment next to the model's internal states")
+            fig = plot_aligned_curves(keep, title="Brain alignment next to the model's internal states",
+                                      figsize=(6.5, 1.3 * len(keep) + 0.8))
             sections.append(Section("Internal states", figures=[(save(fig, "internal_states.png"), "Same training axis; CKA/dimensionality averaged over layers, head scores max over heads and layers.")]))
 
     # -- config and provenance

@@ -124,6 +124,8 @@ class SlurmConfig(_Strict):
     walltime: str = "04:00:00"
     jobs: int = 1
     job_extra_directives: list[str] = Field(default_factory=list)
+    #: passed to dask's scheduler (e.g. {"host": ..., "dashboard_address": ":8787"})
+    scheduler_options: dict[str, Any] = Field(default_factory=dict)
 
 
 class ExecutorConfig(_Strict):

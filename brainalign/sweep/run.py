@@ -398,28 +398,37 @@ def _run_dask(plan: Plan, todo: list[int], progress: bool, client=None, cluster=
             client.close()
 
 
+def slurm_cluster(executor) -> Any:
+    """A dask-jobqueue ``SLURMCluster`` from ``executor.slurm`` settings (not yet scaled).
+
+    One worker process per job; with GPUs, each job asks for them (``--gres``) and its
+    worker offers one ``GPU`` resource, so each worker runs one GPU task at a time.
+    """
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError as exc:  # pragma: no cover
+        raise ValidationError("executor.kind: slurm needs dask-jobqueue: pip install 'brainalign[dask]'") from exc
+    s = executor.slurm
+    extra = list(s.job_extra_directives)
+    worker_args: list[str] = []
+    if s.gpus:
+        extra.append(f"--gres=gpu:{s.gpus}")
+        worker_args = ["--resources", "GPU=1"]
+    return SLURMCluster(
+        queue=s.queue, cores=s.cores, memory=s.memory, walltime=s.walltime, processes=1,
+        job_extra_directives=extra, worker_extra_args=worker_args, scheduler_options=dict(s.scheduler_options),
+    )
+
+
 def _cluster(plan: Plan, workers: int | None):
     ex = plan.config.executor
     if ex.kind == "dask":
         from distributed import LocalCluster
 
-        return LocalCluster(n_workers=workers or ex.workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        return LocalCluster(n_workers=workers or ex.workers, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1")
     if ex.kind == "slurm":
-        try:
-            from dask_jobqueue import SLURMCluster
-        except ImportError as exc:  # pragma: no cover
-            raise ValidationError("executor.kind: slurm needs dask-jobqueue: pip install 'brainalign[dask]'") from exc
-        s = ex.slurm
-        extra = list(s.job_extra_directives)
-        worker_args = []
-        if s.gpus:
-            extra.append(f"--gres=gpu:{s.gpus}")
-            worker_args = ["--resources", f"GPU={s.gpus}"]
-        cluster = SLURMCluster(
-            queue=s.queue, cores=s.cores, memory=s.memory, walltime=s.walltime, processes=1,
-            job_extra_directives=extra, worker_extra_args=worker_args,
-        )
-        cluster.scale(jobs=workers or s.jobs)
+        cluster = slurm_cluster(ex)
+        cluster.scale(jobs=workers or ex.slurm.jobs)
         return cluster
     return None
 
