@@ -36,10 +36,10 @@ def test_config_defaults_and_values(tmp_path):
 @pytest.mark.parametrize(
     "edit,expected",
     [
-        (("  n_folds: 3", "  n_fold: 3"), r"run.yaml:9: encoding.n_fold: unknown key"),
-        (("layers: all", "layers: some"), r"run.yaml:7: layers: "),
-        (("  n_folds: 3", "  n_folds: 1"), r"run.yaml:9: encoding.n_folds: Input should be greater than or equal to 2"),
-        (("dataset:\n  name: simulated\n", "dataset:\n"), r"run.yaml:1: dataset"),
+        (("  n_folds: 3", "  n_fold: 3"), r"run.yaml, line 9: encoding.n_fold: unknown key"),
+        (("layers: all", "layers: some"), r"run.yaml, line 7: layers: "),
+        (("  n_folds: 3", "  n_folds: 1"), r"run.yaml, line 9: encoding.n_folds: Input should be greater than or equal to 2"),
+        (("dataset:\n  name: simulated\n", "dataset:\n"), r"run.yaml, line 1: dataset"),
     ],
 )
 def test_config_errors_name_key_and_line(tmp_path, edit, expected):

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, field_validator
-from pydantic import ValidationError as PydanticError
+from pydantic import Field, PositiveFloat, field_validator
 
+from .._yaml import StrictModel, line_of, read_yaml_model
 from ..errors import DataNotFoundError, ValidationError, check_data_file
 from ..stimulus import FSAVERAGE_SIZES, Responses, Space, Story
 from .base import Dataset
@@ -40,25 +40,21 @@ from .base import Dataset
 __all__ = ["load", "check", "Manifest"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class StorySpec(_Strict):
+class StorySpec(StrictModel):
     transcript: str
     onset: float | None = None
     word_tier: str | int | None = None
 
 
-class VolumeSpace(_Strict):
+class VolumeSpace(StrictModel):
     volume: str
 
 
-class TargetsSpace(_Strict):
+class TargetsSpace(StrictModel):
     targets: int = Field(gt=0)
 
 
-class Manifest(_Strict):
+class Manifest(StrictModel):
     name: str = "manifest"
     tr: PositiveFloat
     onset: float = 0.0
@@ -84,50 +80,9 @@ class Manifest(_Strict):
         return v
 
 
-def _line_of(node: Any, loc: tuple) -> int | None:
-    """Line (1-based) of the YAML node at ``loc`` (or of its deepest existing parent)."""
-    import yaml
-
-    line = node.start_mark.line + 1 if node is not None else None
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            nxt = next((v for k, v in node.value if k.value == key), None)
-            if nxt is None:
-                nxt_key = next((k for k, v in node.value if k.value == key), None)
-                return nxt_key.start_mark.line + 1 if nxt_key is not None else line
-            node = nxt
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-        else:
-            break
-        line = node.start_mark.line + 1
-    return line
-
-
 def _parse(path: Path) -> tuple[Manifest, Any]:
-    import yaml
-
-    p = check_data_file(path, what="manifest")
-    text = p.read_text(encoding="utf-8")
-    try:
-        raw = yaml.safe_load(text)
-        node = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f", line {mark.line + 1}" if mark else ""
-        raise ValidationError(f"{p}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
-    if not isinstance(raw, dict):
-        raise ValidationError(f"{p}: must be a YAML mapping (name, tr, space, stories, subjects...)")
-    try:
-        return Manifest.model_validate(raw), node
-    except PydanticError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and ("[" in x or x in ("str", "list[str]"))))
-            key = ".".join(str(x) for x in loc)
-            msg = "unknown key (not allowed here)" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"{p}, line {_line_of(node, loc)}: {key}: {msg}")
-        raise ValidationError("invalid manifest:\n  " + "\n  ".join(dict.fromkeys(lines))) from None
+    m, node, _ = read_yaml_model(path, Manifest, "manifest")
+    return m, node
 
 
 def _read_csv_words(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -233,7 +188,7 @@ def load(root: str | os.PathLike | None, subjects: list[str] | None = None) -> D
     base = path.parent
 
     def where(*loc: Any) -> str:
-        return f"{path}, line {_line_of(node, loc)}"
+        return f"{path}, line {line_of(node, loc)}"
 
     mask = None
     if isinstance(m.space, str):

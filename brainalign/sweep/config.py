@@ -26,34 +26,30 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticValidationError, field_validator
+from pydantic import Field, field_validator
 
+from .._yaml import StrictModel, read_yaml_model
 from ..errors import ValidationError
 
 __all__ = ["RunConfig", "load_config", "config_hash"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DatasetConfig(_Strict):
+class DatasetConfig(StrictModel):
     name: str
     root: str | None = None
     subjects: list[str] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class EveryN(_Strict):
+class EveryN(StrictModel):
     every: int = Field(gt=0)
 
 
-class LogSpaced(_Strict):
+class LogSpaced(StrictModel):
     log_spaced: int = Field(gt=1)
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     name: str
     revisions: Union[list[str], EveryN, LogSpaced, None] = None
     #: revision -> training tokens (or {"step":..., "tokens":...}) when the names do not say
@@ -61,7 +57,7 @@ class ModelConfig(_Strict):
     trust_remote_code: bool = False
 
 
-class Depths(_Strict):
+class Depths(StrictModel):
     depths: list[float]
 
     @field_validator("depths")
@@ -72,7 +68,7 @@ class Depths(_Strict):
         return v
 
 
-class FeatureConfig(_Strict):
+class FeatureConfig(StrictModel):
     context_tokens: int = Field(512, gt=1)
     batch_size: int = Field(8, gt=0)
     device: str = "auto"
@@ -82,11 +78,11 @@ class FeatureConfig(_Strict):
     float16: bool = False
 
 
-class LogSpace(_Strict):
+class LogSpace(StrictModel):
     logspace: tuple[float, float, int]
 
 
-class EncodingConfig(_Strict):
+class EncodingConfig(StrictModel):
     alphas: Union[list[float], LogSpace] = Field(default_factory=lambda: LogSpace(logspace=(0.0, 6.0, 13)))
     n_folds: int = Field(5, ge=2)
     backend: str = "auto"
@@ -99,24 +95,24 @@ class EncodingConfig(_Strict):
         return np.asarray(self.alphas, dtype=float)
 
 
-class StatsConfig(_Strict):
+class StatsConfig(StrictModel):
     permutations: int = Field(0, ge=0)
     block_size: int = Field(10, gt=0)
     fdr: float = Field(0.05, gt=0, lt=1)
 
 
-class RoiConfig(_Strict):
+class RoiConfig(StrictModel):
     atlas: str = "whole_cortex"
     how: Literal["mean", "top10", "fraction_significant"] = "mean"
 
 
-class OutputConfig(_Strict):
+class OutputConfig(StrictModel):
     store: str = "results.zarr"
     figures: str | None = None
     report: str | None = None
 
 
-class SlurmConfig(_Strict):
+class SlurmConfig(StrictModel):
     queue: str | None = None
     cores: int = 4
     memory: str = "16GB"
@@ -128,13 +124,13 @@ class SlurmConfig(_Strict):
     scheduler_options: dict[str, Any] = Field(default_factory=dict)
 
 
-class ExecutorConfig(_Strict):
+class ExecutorConfig(StrictModel):
     kind: Literal["local", "dask", "slurm"] = "local"
     workers: int = Field(2, gt=0)
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
 
-class RunConfig(_Strict):
+class RunConfig(StrictModel):
     dataset: DatasetConfig
     model: ModelConfig
     layers: Union[Literal["all"], list[int], Depths] = "all"
@@ -159,73 +155,15 @@ class RunConfig(_Strict):
         return sorted(set(self.layers))
 
 
-# --------------------------------------------------------------------------------------
-def _node_line(root: yaml.Node | None, loc: tuple) -> int | None:
-    """1-based line of the YAML node at path ``loc`` (as deep as it exists)."""
-    node, line = root, None
-    if node is not None:
-        line = node.start_mark.line + 1
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            nxt = None
-            for k, v in node.value:
-                if k.value == str(key):
-                    nxt, line = v, k.start_mark.line + 1
-                    break
-            if nxt is None:
-                break
-            node = nxt
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
-
-
-def _format_errors(exc: PydanticValidationError, root: yaml.Node | None, source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        # drop union-branch tags pydantic inserts (e.g. 'list[str]', 'EveryN')
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p[:1].isupper() or "[" in p or p.startswith("literal"))))
-        key = ".".join(str(p) for p in loc) or "(top level)"
-        line = _node_line(root, loc)
-        where = f"{source}:{line}" if line else source
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"{where}: {key}: {msg}")
-    # union errors repeat once per branch; keep each message once
-    return "\n".join(dict.fromkeys(lines))
-
-
 def load_config(path_or_dict: str | Path | dict) -> RunConfig:
     """Read and validate a run config (YAML file or dict).
 
     Raises
     ------
     ValidationError
-        With one line per problem: ``file:line: key.path: what is wrong``.
+        With one line per problem: ``file, line N: key.path: what is wrong``.
     """
-    if isinstance(path_or_dict, dict):
-        data, root, source = path_or_dict, None, "config"
-    else:
-        path = Path(path_or_dict)
-        if not path.is_file():
-            raise ValidationError(f"config file {path} does not exist")
-        text = path.read_text()
-        source = str(path)
-        try:
-            root = yaml.compose(text)
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ValidationError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ValidationError(f"{path}: a run config is a YAML mapping (dataset:, model:, ...)")
-    try:
-        cfg = RunConfig.model_validate(data)
-    except PydanticValidationError as exc:
-        raise ValidationError(f"invalid run config:\n{_format_errors(exc, root, source)}") from None
+    cfg, _, source = read_yaml_model(path_or_dict, RunConfig, "run config")
     cfg.source = source
     return cfg
 
