@@ -122,6 +122,17 @@ def worker(args) -> dict:
         for y in Ys:
             fit_ridge_cv(X, y, lengths, alphas=ALPHAS, X_test=Xt, backend=args.backend, progress=False)
         out["one_at_a_time"] = time.perf_counter() - t0
+        # the baseline without brainalign: himalaya's RidgeCV, one subject after another
+        from himalaya.backend import set_backend
+        from himalaya.ridge import RidgeCV
+
+        from brainalign.encoding import story_folds
+
+        b = set_backend(args.backend)
+        t0 = time.perf_counter()
+        for y in Ys:
+            b.to_numpy(RidgeCV(alphas=ALPHAS, cv=story_folds(lengths, 5)).fit(X, y).predict(Xt))
+        out["himalaya_one_at_a_time"] = time.perf_counter() - t0
     elif args.method == "gemm":
         import torch
 
@@ -178,7 +189,8 @@ def main() -> None:
     if "subjects" in results:
         s = results["subjects"]
         print(f"{args.subjects} subjects: together {s['together']:.1f} s, one at a time {s['one_at_a_time']:.1f} s, "
-              f"{s['one_at_a_time'] / s['together']:.2f}x")
+              f"{s['one_at_a_time'] / s['together']:.2f}x; himalaya RidgeCV one at a time {s['himalaya_one_at_a_time']:.1f} s, "
+              f"{s['himalaya_one_at_a_time'] / s['together']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -81,6 +81,19 @@ def test_sweep_results_are_complete_and_sensible(tmp_path, tiny_run):
     np.testing.assert_allclose(ds.roi_score.sel(roi="whole_cortex").values, ds.score.mean("target").values, rtol=1e-5)
     assert ds.attrs["config"]["model"]["name"] == str(tiny_run.out_dir)
     assert "himalaya" in ds.attrs["package_versions"] and np.all(ds.task_seconds.values > 0)
+    # cheap internal metrics of the same pass: the LM's loss on the stories falls with training
+    assert np.isfinite(ds.feature_norm.values).all() and (ds.feature_norm.values > 0).all()
+    assert ds.lm_loss.values[-1] < ds.lm_loss.values[0]
+    # noise ceilings from the test story's repeats, beside the scores: high where the
+    # simulation planted signal, low elsewhere
+    from brainalign.datasets import load
+
+    truth = load("simulated", **_config(tmp_path, tiny_run.out_dir)["dataset"]["options"]).ground_truth
+    for subj in ("sim01", "sim02"):
+        c, planted = ds.ceiling.sel(subject=subj).values, truth.responsive[subj]
+        assert np.isfinite(c[planted]).all() and c[planted].mean() > 0.6
+        # CCmax is undefined (NaN) where the estimated signal power is negative: noise
+        assert np.median(np.nan_to_num(c[~planted], nan=0.0)) < 0.2
     # a second run finds everything done and changes nothing
     before = _values(sweep.path)
     run(_config(tmp_path, tiny_run.out_dir), progress=False)

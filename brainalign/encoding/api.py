@@ -55,7 +55,9 @@ def load_responses(dataset, subject: str, stories: Sequence[str], zscore: bool =
     return np.asarray(Y, dtype=np.float32)
 
 
-def _ceiling(dataset, subject: str, test: Sequence[str], method: str) -> np.ndarray | None:
+def dataset_ceiling(dataset, subject: str, test: Sequence[str], method: str = "ccmax") -> np.ndarray | None:
+    """Noise ceiling per target of ``subject`` from the repeats of the ``test`` stories
+    (concatenated in time), or None when a test story has no repeats."""
     if not all(dataset.has_repeats(subject, st) for st in test):
         return None
     reps = [dataset.repeats(subject, st) for st in test]
@@ -171,7 +173,7 @@ def fit(
         for s, y in zip(members, Ys):
             spaces[s].check(y, where=f"responses of subject {s}")
         for s in members:
-            c = _ceiling(dataset, s, test, ceiling)
+            c = dataset_ceiling(dataset, s, test, ceiling)
             if c is not None:
                 ceil[s_index[s], : c.size] = c
                 have_ceiling = True

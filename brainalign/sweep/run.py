@@ -16,7 +16,7 @@ import resource
 import socket
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,6 @@ class Plan:
     hemi: np.ndarray
     rois: list[str]
     settings_hash: str
-    info: dict = field(default_factory=dict)
 
     @property
     def store_path(self) -> Path:
@@ -103,11 +102,9 @@ def _training_axis(label: str, user: dict | None) -> tuple[float, float]:
         if isinstance(v, dict):
             return float(v.get("step", np.nan)), float(v.get("tokens", np.nan))
         return np.nan, float(v)
-    try:
-        from ..features import parse_revision
-    except ImportError:  # pragma: no cover - features always provides it
-        return np.nan, np.nan
-    axis = parse_revision(label) or {}
+    from ..features import parse_revision
+
+    axis = parse_revision(label)
     step, tokens = axis.get("step"), axis.get("tokens")
     return (np.nan if step is None else float(step)), (np.nan if tokens is None else float(tokens))
 
@@ -120,7 +117,7 @@ def _trainer_state(folder: Path) -> tuple[float, float] | None:
     state = json.loads(p.read_text())
     step = state.get("global_step")
     tokens = state.get("num_input_tokens_seen")
-    return (np.nan if step is None else float(step)), (np.nan if not tokens and tokens != 0 else float(tokens))
+    return (np.nan if step is None else float(step)), (np.nan if tokens is None else float(tokens))
 
 
 def _local_checkpoints(folder: Path) -> list[str]:
@@ -165,7 +162,8 @@ def resolve_checkpoints(cfg: RunConfig) -> list[Checkpoint]:
         if missing:
             shown = ", ".join(map(str, available[:8])) + (" ..." if len(available) > 8 else "")
             raise ValidationError(f"model.revisions: {missing} not found in {where} (available: {shown or 'none'})")
-        chosen = list(revs)
+        wanted = set(revs)
+        chosen = [r for r in available if r in wanted]  # in training order
     elif isinstance(revs, EveryN):
         chosen = available[:: revs.every]
     elif isinstance(revs, LogSpaced):
@@ -274,7 +272,7 @@ def _variables(plan: Plan) -> dict[str, tuple[tuple[str, ...], str]]:
     return v
 
 
-def _region(plan: Plan, ckpt: Checkpoint, res: xr.Dataset, roi: xr.DataArray | None, fs) -> xr.Dataset:
+def _region(plan: Plan, res: xr.Dataset, roi: xr.DataArray, fs) -> xr.Dataset:
     """Shape one checkpoint's results to the store's layout (NaN-padded targets)."""
     vars_ = _variables(plan)
     out = {}
@@ -288,16 +286,15 @@ def _region(plan: Plan, ckpt: Checkpoint, res: xr.Dataset, roi: xr.DataArray | N
         arr[np.ix_(li, si, np.arange(da.sizes["target"]))] = da.values.astype(dtype)
         out[name] = (("layer", "subject", "target"), arr)
     rs = np.full((len(plan.layers), len(plan.subjects), len(plan.rois)), np.nan, dtype="float32")
-    if roi is not None:
-        roi = roi.transpose("layer", "subject", "roi")
-        for k, name in enumerate(roi.roi.values.tolist()):
-            if name in plan.rois:
-                rs[:, :, plan.rois.index(name)] = roi.sel(roi=name).values
+    roi = roi.transpose("layer", "subject", "roi")
+    for name in roi.roi.values.tolist():
+        if name in plan.rois:
+            rs[:, :, plan.rois.index(name)] = roi.sel(roi=name).values
     out["roi_score"] = (("layer", "subject", "roi"), rs)
-    norms = fs.metrics.get("norm", {}) if fs is not None else {}
+    norms = fs.metrics.get("activation_norm") or {}
     out["feature_norm"] = (("layer",), np.array([norms.get(layer, np.nan) for layer in plan.layers], dtype="float32"))
-    loss = fs.metrics.get("loss", {}) if fs is not None else {}
-    out["lm_loss"] = ((), np.float32(np.mean(list(loss.values())) if loss else np.nan))
+    loss = fs.metrics.get("mean_loss")  # token-weighted next-token loss on the stories (causal LMs)
+    out["lm_loss"] = ((), np.float32(np.nan if loss is None else loss))
     return xr.Dataset(out)
 
 
@@ -350,7 +347,7 @@ def run_checkpoint(plan: Plan, index: int, progress: bool = False) -> dict:
         roi = agg["fraction_significant" if cfg.rois.how == "fraction_significant" else "score"]
     else:  # no atlas for this space: the whole-target mean
         roi = res["score"].mean("target").expand_dims(roi=["whole_cortex"])
-    region = _region(plan, ckpt, res, roi, fs)
+    region = _region(plan, res, roi, fs)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     region["task_seconds"] = ((), np.float32(seconds))
@@ -433,6 +430,20 @@ def _cluster(plan: Plan, workers: int | None):
     return None
 
 
+def _ceilings(plan: Plan) -> dict:
+    """Noise ceilings (subject x target) from the test stories' repeats, when all have them."""
+    from ..encoding.api import dataset_ceiling
+
+    ds = _dataset(plan.config)
+    out = np.full((len(plan.subjects), plan.n_targets), np.nan, dtype="float32")
+    for i, s in enumerate(plan.subjects):
+        c = dataset_ceiling(ds, s, ds.test_stories_of(s)) if ds.test_stories_of(s) else None
+        if c is None:
+            return {}
+        out[i, : c.size] = c
+    return {"ceiling": (("subject", "target"), out)}
+
+
 def _provenance(plan: Plan) -> dict:
     import importlib.metadata as md
 
@@ -503,7 +514,8 @@ def run(
         "n_layers": plan.n_layers,
         **_provenance(plan),
     }
-    store.create(coords, _variables(plan), attrs=attrs, layout_key=plan.layout_key(), force=force)
+    store.create(coords, _variables(plan), attrs=attrs, layout_key=plan.layout_key(), force=force,
+                 data=_ceilings(plan))
     todo = [i for i, c in enumerate(plan.checkpoints) if not store.done(c.label, plan.settings_hash)]
     log.info("%d of %d checkpoints to do", len(todo), len(plan.checkpoints))
     if todo:

@@ -85,12 +85,15 @@ class ResultsStore:
         attrs: dict[str, Any] | None = None,
         layout_key: dict[str, Any] | None = None,
         force: bool = False,
+        data: dict[str, tuple[tuple[str, ...], np.ndarray]] | None = None,
     ) -> bool:
         """Create the empty store, or check an existing one has the same layout.
 
         ``coords`` maps names to arrays (dimension coordinates) or ``(dims, values)``;
-        ``variables`` maps names to ``(dims, dtype)``. ``layout_key`` is what must match
-        for a rerun to reuse the store (dims, coordinates, settings hash).
+        ``variables`` maps names to ``(dims, dtype)`` (filled region by region);
+        ``data`` maps names to ``(dims, values)`` known at creation and owned by no
+        region (e.g. noise ceilings). ``layout_key`` is what must match for a rerun to
+        reuse the store (dims, coordinates, settings hash).
 
         Returns True when a new store was created.
         """
@@ -114,6 +117,8 @@ class ResultsStore:
             chunks = tuple(1 if d == self.region_dim else ds.sizes[d] for d in dims)
             fill = False if np.dtype(dtype) == bool else np.nan
             ds[name] = (dims, da.full(shape, fill, chunks=chunks, dtype=dtype))
+        for name, (dims, values) in (data or {}).items():
+            ds[name] = (dims, np.asarray(values))
         ds.attrs.update({k: json.dumps(v, default=_jsonable) if isinstance(v, (dict, list)) else v for k, v in (attrs or {}).items()})
         ds.to_zarr(self.path, mode="w", compute=False, **_zarr_kwargs())
         atomic_write_text(self._meta / "layout.json", json.dumps(key, indent=1, sort_keys=True))
@@ -145,13 +150,19 @@ class ResultsStore:
 
     def write_region(self, label: str, region: xr.Dataset, settings_hash: str, provenance: dict | None = None) -> None:
         """Write one region's values, then mark it done (in that order)."""
-        labels = self.open()[self.region_dim].values.tolist()
+        stored = self.open()
+        labels = stored[self.region_dim].values.tolist()
         if label not in labels:
             raise ValidationError(f"results store {self.path}: no {self.region_dim} {label!r}")
         i = labels.index(label)
+        # only the variables regions own (those along region_dim in the store)
+        owned = [v for v in region.data_vars if v in stored and self.region_dim in stored[v].dims]
+        unknown = sorted(set(region.data_vars) - set(stored.data_vars))
+        if unknown:
+            raise ValidationError(f"results store {self.path}: no variables {unknown}")
+        region = region[owned]
         region = region.expand_dims(self.region_dim) if self.region_dim not in region.dims else region
-        keep = [v for v in region.data_vars if self.region_dim in region[v].dims]
-        region = region[keep].drop_vars([c for c in region.coords], errors="ignore")
+        region = region.drop_vars(list(region.coords), errors="ignore")
         self._marker(label).unlink(missing_ok=True)
         with _quiet():
             region.to_zarr(self.path, region={self.region_dim: slice(i, i + 1)}, mode="r+", **_zarr_kwargs())
