@@ -62,7 +62,7 @@ def test_planted_signal_matches_ground_truth():
     gt = ds.ground_truth
     m = gt.responsive["sim01"]
     assert 10 < m.sum() < 150
-    rs, rn = [], []
+    rs = []
     for st in ds.train_stories:
         y = ds.responses("sim01", st)
         s = gt.signal("sim01", st)

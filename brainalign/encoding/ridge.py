@@ -29,7 +29,6 @@ alphas, no intercept -- but organises the work so that less of it is done:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
