@@ -64,6 +64,9 @@ def test_plan_validates_before_any_work(tmp_path, tiny_run):
     bad = _config(tmp_path, tiny_run.out_dir, layers=[0, 9])
     with pytest.raises(ValidationError, match=r"layers: \[9\] out of range"):
         run(bad)
+    bad = _config(tmp_path, tiny_run.out_dir, encoding={"n_folds": 4})
+    with pytest.raises(ValidationError, match=r"encoding.n_folds: 4 folds need at least as many training stories, but subject sim01 has 3"):
+        run(bad)
     bad = _config(tmp_path, tiny_run.out_dir, encoding={"n_fold": 3})
     with pytest.raises(ValidationError, match=r"encoding.n_fold: unknown key"):
         run(bad)
@@ -150,3 +153,42 @@ def test_dask_local_cluster_equals_in_process(tmp_path, tiny_run):
     xr.testing.assert_identical(_values(local.path), _values(dask.path))
     hosts = {v["pid"] for v in dask.results.attrs["tasks"].values()}
     assert os.getpid() not in hosts  # the work ran in the workers
+
+
+def test_sweep_over_hub_revisions_offline(tmp_path):
+    """Hub checkpoints by revision name, from an offline Hugging Face cache, through the CLI."""
+    from brainalign.features.testing import tiny_hub_cache
+
+    root = tmp_path / "hf" / "hub"
+    commits = tiny_hub_cache(root, "tiny-org/tiny-neox", ["step100", "step2000", "step300"], arch="gpt_neox",
+                             n_layers=2, hidden=32)
+    cfg = _config(tmp_path, Path("unused"), store="hub.zarr")
+    cfg["model"] = {"name": "tiny-org/tiny-neox", "revisions": {"every": 1}}
+    cfg["features"]["context_tokens"] = 16
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(root), "HF_HOME": str(root.parent)}
+
+    def brainalign(config) -> subprocess.CompletedProcess:
+        path = tmp_path / "run.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return subprocess.run([sys.executable, "-m", "brainalign.cli", "run", str(path), "--no-report"],
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    out = brainalign(cfg)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ds = Sweep(tmp_path / "hub.zarr").results
+    # revisions in training order, on Pythia's token axis (step x 2,097,152 tokens)
+    assert list(ds.checkpoint.values) == ["step100", "step300", "step2000"]
+    np.testing.assert_array_equal(ds.tokens.values, [100 * 2097152, 300 * 2097152, 2000 * 2097152])
+    assert bool(ds.done.all()) and np.isfinite(ds.score.values).all()
+    # a revision the cache does not have fails before any work, naming it
+    cfg["model"]["revisions"] = ["step100", "step4000"]
+    cfg["output"]["store"] = str(tmp_path / "never.zarr")
+    out = brainalign(cfg)
+    assert out.returncode == 2 and "model.revisions: ['step4000'] not found in model tiny-org/tiny-neox" in out.stderr
+    assert not (tmp_path / "never.zarr").exists()
+    # a commit hash (not listed as a ref) is a valid revision too
+    cfg["model"]["revisions"] = [commits["step300"]]
+    cfg["output"]["store"] = str(tmp_path / "by-commit.zarr")
+    out = brainalign(cfg)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert list(Sweep(tmp_path / "by-commit.zarr").results.checkpoint.values) == [commits["step300"]]

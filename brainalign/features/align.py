@@ -89,7 +89,8 @@ def align_words(words: Sequence[str], tokenizer, *, story: str = "<story>") -> A
     if not words:
         raise ValidationError(f"story {story!r}: no words to align")
     text, w_start, w_end = _word_spans(words)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False,
+                    verbose=False)  # whole stories are longer than the model: windows come later
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
     offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
     if ids.size == 0:

@@ -120,6 +120,18 @@ def _trainer_state(folder: Path) -> tuple[float, float] | None:
     return (np.nan if step is None else float(step)), (np.nan if tokens is None else float(tokens))
 
 
+def _has_config(model: str, revision: str, trust_remote_code: bool) -> bool:
+    """True when ``revision`` of hub model ``model`` can be read (e.g. a commit hash that
+    the revision listing, which names branches and tags, does not show)."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _local_checkpoints(folder: Path) -> list[str]:
     """Sub-folders of ``folder`` that hold a model (a config.json)."""
     return [p.name for p in folder.iterdir() if p.is_dir() and (p / "config.json").is_file()]
@@ -158,12 +170,13 @@ def resolve_checkpoints(cfg: RunConfig) -> list[Checkpoint]:
     if revs is None:
         chosen = available
     elif isinstance(revs, list):
-        missing = [r for r in revs if r not in available]
+        missing = [r for r in revs if r not in available and (local or not _has_config(m.name, r, m.trust_remote_code))]
         if missing:
             shown = ", ".join(map(str, available[:8])) + (" ..." if len(available) > 8 else "")
             raise ValidationError(f"model.revisions: {missing} not found in {where} (available: {shown or 'none'})")
         wanted = set(revs)
         chosen = [r for r in available if r in wanted]  # in training order
+        chosen += [r for r in revs if r not in available]  # e.g. commit hashes, not listed as refs
     elif isinstance(revs, EveryN):
         chosen = available[:: revs.every]
     elif isinstance(revs, LogSpaced):
@@ -220,6 +233,15 @@ def make_plan(config: RunConfig | str | Path | dict) -> Plan:
     unknown = [s for s in subjects if s not in ds.subjects]
     if unknown:
         raise ValidationError(f"dataset.subjects: {unknown} not in dataset {ds.name} (subjects: {ds.subjects})")
+    for s in subjects:
+        n_train, n_test = len(ds.train_stories_of(s)), len(ds.test_stories_of(s))
+        if n_train < cfg.encoding.n_folds:
+            raise ValidationError(
+                f"encoding.n_folds: {cfg.encoding.n_folds} folds need at least as many training stories, "
+                f"but subject {s} has {n_train}"
+            )
+        if n_test == 0:
+            raise ValidationError(f"dataset: subject {s} has none of the test stories {ds.test_stories}")
     spaces = {s: ds.space(s) for s in subjects}
     names = {sp.name for sp in spaces.values()}
     if len(names) > 1 and any(sp.is_surface for sp in spaces.values()):
