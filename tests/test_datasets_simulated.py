@@ -154,3 +154,23 @@ def test_minilm_feature_source_is_causal_and_cached(monkeypatch):
     assert not np.allclose(x[-1], y[-1], atol=1e-3)
     # the same word in different contexts gets different features
     assert not np.allclose(x[0], x[7], atol=1e-3)
+
+
+def test_stacked_responses_are_cached_read_only_and_bounded(monkeypatch):
+    from brainalign.datasets import simulate
+    from brainalign.datasets.simulated import word_embedding_features
+    from brainalign.timing import zscore_per_story
+
+    ds = simulate(n_subjects=1, stories=4, space=100, features=word_embedding_features(4))
+    calls = []
+    original = ds.responses
+    monkeypatch.setattr(ds, "responses", lambda s, st: calls.append(st) or original(s, st))
+    train = ds.train_stories
+    a = ds.stacked_responses("sim01", train)
+    blocks = [original("sim01", st) for st in train]
+    np.testing.assert_allclose(a, zscore_per_story(np.vstack(blocks), [len(b) for b in blocks]), atol=1e-6)
+    assert not a.flags.writeable and len(calls) == len(train)
+    assert ds.stacked_responses("sim01", train) is a and len(calls) == len(train)  # served from memory
+    monkeypatch.setenv("BRAINALIGN_RESPONSE_CACHE_MB", "0")
+    b = ds.stacked_responses("sim01", train, zscore=False)
+    assert ds.stacked_responses("sim01", train, zscore=False) is not b  # over budget: not kept

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -9,8 +11,26 @@ import numpy as np
 
 from ..errors import ValidationError
 from ..stimulus import Responses, Space, Story
+from ..timing import zscore_per_story
 
-__all__ = ["Dataset"]
+__all__ = ["Dataset", "response_cache_bytes"]
+
+
+def response_cache_bytes() -> int:
+    """Memory a dataset may keep for stacked responses it has read.
+
+    ``$BRAINALIGN_RESPONSE_CACHE_MB`` if set (0 turns the cache off), else a quarter of
+    the memory available now.
+    """
+    env = os.environ.get("BRAINALIGN_RESPONSE_CACHE_MB")
+    if env is not None:
+        return int(float(env) * 2**20)
+    try:
+        with open("/proc/meminfo") as fh:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh if ":" in line}
+        return info.get("MemAvailable", 0) // 4
+    except OSError:  # not Linux
+        return 2 * 2**30
 
 
 class Dataset:
@@ -73,6 +93,7 @@ class Dataset:
             raise ValidationError(f"dataset {name!r}: stories {sorted(overlap)} are in both train and test")
         self._repeats = dict(repeats or {})
         self.info = dict(info or {})
+        self._stacked: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
     # -- access ------------------------------------------------------------------
     def space(self, subject: str) -> Space:
@@ -99,6 +120,31 @@ class Dataset:
         if story not in self.stories:
             raise KeyError(f"dataset {self.name!r} has no story {story!r}")
         return self._responses[subject, story]
+
+    def stacked_responses(self, subject: str, stories: Sequence[str], zscore: bool = True) -> np.ndarray:
+        """Responses of ``stories`` stacked in order (float32), z-scored per story if asked.
+
+        A sweep asks for the same stacks at every checkpoint, so the most recent ones
+        are kept in memory (least recently used first out, within
+        :func:`response_cache_bytes`). The returned array is read-only.
+        """
+        key = (subject, tuple(stories), bool(zscore))
+        hit = self._stacked.get(key)
+        if hit is not None:
+            self._stacked.move_to_end(key)
+            return hit
+        blocks = [self.responses(subject, st) for st in stories]
+        Y = np.vstack(blocks)
+        if zscore:
+            Y = zscore_per_story(Y, [b.shape[0] for b in blocks])
+        Y = np.ascontiguousarray(Y, dtype=np.float32)
+        Y.setflags(write=False)
+        budget = response_cache_bytes()
+        if Y.nbytes <= budget:
+            self._stacked[key] = Y
+            while sum(a.nbytes for a in self._stacked.values()) > budget:
+                self._stacked.popitem(last=False)
+        return Y
 
     def has_repeats(self, subject: str, story: str) -> bool:
         return (subject, story) in self._repeats

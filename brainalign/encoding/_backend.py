@@ -117,8 +117,14 @@ def available_memory(b) -> int:
 
 
 def to_device(b, x, dtype: str = "float32"):
-    """``x`` (numpy) as an array of backend ``b`` in ``dtype``."""
-    return b.asarray(np.ascontiguousarray(x), dtype=dtype)
+    """``x`` (numpy) as an array of backend ``b`` in ``dtype``.
+
+    Read-only inputs (the dataset's cached responses) are only read here; torch warns
+    about sharing their memory, which is safe since nothing writes to the result.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return b.asarray(np.ascontiguousarray(x), dtype=dtype)
 
 
 def eigh_many(b, mats: list) -> list:

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import ValidationError
-from ..timing import zscore_per_story
 from .ridge import DEFAULT_ALPHAS, fit_ridge_cv
 from .stats import fdr, noise_ceiling, permutation_test
 
@@ -47,12 +46,9 @@ def subject_groups(dataset, subjects: Sequence[str]) -> list[tuple[tuple[str, ..
 
 
 def load_responses(dataset, subject: str, stories: Sequence[str], zscore: bool = True) -> np.ndarray:
-    """Responses of ``stories`` stacked in order (float32), z-scored per story if asked."""
-    blocks = [dataset.responses(subject, st) for st in stories]
-    Y = np.vstack(blocks)
-    if zscore:
-        Y = zscore_per_story(Y, [b.shape[0] for b in blocks])
-    return np.asarray(Y, dtype=np.float32)
+    """Responses of ``stories`` stacked in order (float32, read-only), z-scored per story
+    if asked; kept in memory by the dataset for the next checkpoint of a sweep."""
+    return dataset.stacked_responses(subject, stories, zscore)
 
 
 def dataset_ceiling(dataset, subject: str, test: Sequence[str], method: str = "ccmax") -> np.ndarray | None:
