@@ -13,6 +13,7 @@ def test_quick_demo_writes_report_and_finds_the_planted_regions(tmp_path, capsys
     assert str(out / "report.html") in printed
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4 and "data:image/gif;base64," in html
+    assert "noise ceiling (ROI mean)" in html  # beside the raw scores, not instead of them
     for fig in ("curves.png", "layer_heatmap.png", "flatmap_best.png", "internal_states.png"):
         assert (out / "figures" / fig).stat().st_size > 10_000, fig
     res = Sweep(out / "results.zarr").results

@@ -102,7 +102,7 @@ def test_slurm_job_script_from_config():
         "model": {"name": "m"},
         "executor": {"kind": "slurm", "slurm": {"queue": "gpu", "cores": 8, "memory": "32GB", "gpus": 1,
                                                  "walltime": "02:00:00", "job_extra_directives": ["--account=lab"],
-                                                 "scheduler_options": {"host": "127.0.0.1", "dashboard_address": None}}},
+                                                 "scheduler_options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}}},
     })
     cluster = slurm_cluster(cfg.executor)
     try:

@@ -155,6 +155,25 @@ def _tokens_label(v: float) -> str:
     return f"{v:.0f}"
 
 
+def _roi_ceilings(res: xr.Dataset, cfg: dict, space: str) -> dict | None:
+    """Mean noise ceiling (over subjects and targets) of each ROI, or None.
+
+    CCmax is undefined (NaN) where the repeats' estimated signal power is not positive;
+    those targets count as 0 (no explainable signal): averaging only the defined ones
+    would select noise targets that looked reliable by chance.
+    """
+    if "ceiling" not in res or not np.isfinite(res["ceiling"].values).any():
+        return None
+    from .. import rois
+    from ..stimulus import FSAVERAGE_SIZES
+
+    c = np.nan_to_num(res["ceiling"].values, nan=0.0)
+    if space not in FSAVERAGE_SIZES:
+        return {"whole_cortex": float(c.mean())}
+    atlas = rois.load_atlas(cfg.get("rois", {}).get("atlas", "whole_cortex"), space=space)
+    return {str(r): float(c[:, atlas.mask(str(r))].mean()) for r in res.roi.values}
+
+
 def flatmap_from_store(path, checkpoint: str, layer: int, subject: str | None = None, out="flatmap.png", threshold=None):
     """Write a flatmap of one checkpoint and layer (subject mean unless ``subject``)."""
     from ..plotting import flatmap
@@ -227,13 +246,20 @@ def report(path: str | Path, out: str | Path = "report.html", figures_dir: str |
             f"best layer at {last}": [int(curves["best_layer"].sel(roi=r, checkpoint=last)) for r in curves.roi.values],
             "pattern": [phases[r].pattern if r in phases else "(too few checkpoints)" for r in curves.roi.values],
         }
-    ).sort_values("best r (subject mean)", ascending=False)
+    )
+    ceilings = _roi_ceilings(res, cfg, space)
+    if ceilings is not None:
+        summary.insert(3, "noise ceiling (ROI mean)", [ceilings.get(str(r), np.nan) for r in curves.roi.values])
+    summary = summary.sort_values("best r (subject mean)", ascending=False)
     text = [
         f"Dataset {res.attrs.get('dataset')} ({res.sizes['subject']} subjects: {', '.join(map(str, res.subject.values))}; "
         f"{res.sizes['target']} targets in {space}). Model {res.attrs.get('model')} with {res.attrs.get('n_layers')} layers; "
         f"{done.sizes['checkpoint']} of {res.sizes['checkpoint']} checkpoints done; layers {list(map(int, res.layer.values))}.",
         "Scores are held-out Pearson r on the test stories, alphas chosen per target by leave-stories-out "
         "cross-validation on the training stories. ROI curves take, at each checkpoint, the layer with the best subject-mean score.",
+        "Noise ceilings (CCmax, Schoppe et al. 2016, from the test story's repeats) are shown beside the raw scores when the "
+        "data have repeats; they are not applied to the scores. CCmax is undefined where the repeats show no signal; "
+        "those targets count as 0 in the ROI means.",
     ]
     sections.append(Section("Summary", text=text, tables=[summary]))
 
