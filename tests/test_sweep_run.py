@@ -192,3 +192,19 @@ def test_sweep_over_hub_revisions_offline(tmp_path):
     out = brainalign(cfg)
     assert out.returncode == 0, out.stderr[-2000:]
     assert list(Sweep(tmp_path / "by-commit.zarr").results.checkpoint.values) == [commits["step300"]]
+
+
+def test_adding_checkpoints_extends_the_sweep(tmp_path, tiny_run):
+    two = {"revisions": ["checkpoint-0", "checkpoint-30"]}
+    three = {"revisions": ["checkpoint-0", "checkpoint-3", "checkpoint-30"]}
+    first = run(_config(tmp_path, tiny_run.out_dir, store="grow.zarr", model=two), progress=False)
+    before = ResultsStore(first.path).done_info()
+    grown = run(_config(tmp_path, tiny_run.out_dir, store="grow.zarr", model=three), progress=False)
+    after = ResultsStore(grown.path).done_info()
+    assert set(after) == {"checkpoint-0", "checkpoint-3", "checkpoint-30"}
+    for label in two["revisions"]:  # the regions already done were not redone
+        assert after[label]["finished"] == before[label]["finished"]
+    res = grown.results
+    assert list(res.checkpoint.values) == ["checkpoint-0", "checkpoint-3", "checkpoint-30"]  # training order
+    fresh = run(_config(tmp_path, tiny_run.out_dir, store="fresh.zarr", model=three), progress=False)
+    xr.testing.assert_identical(_values(grown.path), _values(fresh.path))

@@ -67,7 +67,6 @@ class Plan:
     def layout_key(self) -> dict:
         return {
             "hash": self.settings_hash,
-            "checkpoints": [c.label for c in self.checkpoints],
             "layers": self.layers,
             "subjects": self.subjects,
             "n_targets": self.n_targets,
@@ -564,7 +563,10 @@ class Sweep:
 
     @property
     def results(self) -> xr.Dataset:
-        return self.store.load()
+        """The store in memory, checkpoints in training order (tokens, then step)."""
+        ds = self.store.load()
+        order = np.lexsort((ds["step"].values, ds["tokens"].values))
+        return ds.isel(checkpoint=order)
 
     @property
     def config(self) -> dict:

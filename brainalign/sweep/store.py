@@ -11,6 +11,7 @@ incompatible settings is refused instead of mixing results.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -23,6 +24,8 @@ import xarray as xr
 
 from .._io import atomic_write_text
 from ..errors import ValidationError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ResultsStore", "IncompatibleStoreError", "atomic_write_text"]
 
@@ -93,13 +96,22 @@ class ResultsStore:
         ``variables`` maps names to ``(dims, dtype)`` (filled region by region);
         ``data`` maps names to ``(dims, values)`` known at creation and owned by no
         region (e.g. noise ceilings). ``layout_key`` is what must match for a rerun to
-        reuse the store (dims, coordinates, settings hash).
+        reuse the store (settings hash, dims other than the region dim).
+
+        An existing store with the same layout key is reused; regions (e.g. checkpoints)
+        it lacks are appended to it as empty regions, so a sweep can be extended.
 
         Returns True when a new store was created.
         """
         import dask.array as da
 
         key = json.loads(json.dumps(layout_key or {}, default=_jsonable))
+        ds = xr.Dataset(coords={k: (v if isinstance(v, tuple) else np.asarray(v)) for k, v in coords.items()})
+        for name, (dims, dtype) in variables.items():
+            shape = tuple(ds.sizes[d] for d in dims)
+            chunks = tuple(1 if d == self.region_dim else ds.sizes[d] for d in dims)
+            fill = False if np.dtype(dtype) == bool else np.nan
+            ds[name] = (dims, da.full(shape, fill, chunks=chunks, dtype=dtype))
         if self.exists() and not force:
             old = self.layout()
             if old != key:
@@ -108,21 +120,29 @@ class ResultsStore:
                     f"results store {self.path} was made with other settings ({', '.join(diff)} differ); "
                     "use another output store, or --force to discard it and start over"
                 )
+            self._append_regions(ds)
             return False
         if self.path.exists():
             shutil.rmtree(self.path)
-        ds = xr.Dataset(coords={k: (v if isinstance(v, tuple) else np.asarray(v)) for k, v in coords.items()})
-        for name, (dims, dtype) in variables.items():
-            shape = tuple(ds.sizes[d] for d in dims)
-            chunks = tuple(1 if d == self.region_dim else ds.sizes[d] for d in dims)
-            fill = False if np.dtype(dtype) == bool else np.nan
-            ds[name] = (dims, da.full(shape, fill, chunks=chunks, dtype=dtype))
         for name, (dims, values) in (data or {}).items():
             ds[name] = (dims, np.asarray(values))
         ds.attrs.update({k: json.dumps(v, default=_jsonable) if isinstance(v, (dict, list)) else v for k, v in (attrs or {}).items()})
         ds.to_zarr(self.path, mode="w", compute=False, **_zarr_kwargs())
         atomic_write_text(self._meta / "layout.json", json.dumps(key, indent=1, sort_keys=True))
         return True
+
+    def _append_regions(self, ds: xr.Dataset) -> None:
+        """Append the regions of skeleton ``ds`` that the store does not have yet."""
+        have = set(self.open()[self.region_dim].values.tolist())
+        new = [i for i, label in enumerate(ds[self.region_dim].values.tolist()) if label not in have]
+        if not new:
+            return
+        part = ds.isel({self.region_dim: new})
+        part = part[[v for v in part.data_vars if self.region_dim in part[v].dims]]
+        part = part.drop_vars([c for c in part.coords if self.region_dim not in part[c].dims])
+        with _quiet():
+            part.to_zarr(self.path, append_dim=self.region_dim, compute=False, **_zarr_kwargs())
+        log.info("results store %s: added %d %s regions", self.path, len(new), self.region_dim)
 
     # -- regions -----------------------------------------------------------------
     def _marker(self, label: str) -> Path:
