@@ -173,6 +173,19 @@ def _clamp0(b, lam):
 
 
 # -- decompositions ----------------------------------------------------------------
+def _score_alphas(fold: dict, Z, Yv, score_fn, out) -> None:
+    """Validation score of every alpha of one fold into ``out`` (n_alphas x targets).
+
+    The prediction for alpha ``a`` is ``A diag(D[a]) Z``: ``A`` maps the eigenbasis to the
+    validation rows, ``D[a]`` is the ridge shrinkage of each eigen-direction, ``Z`` the
+    training targets projected on the eigenbasis (primal and kernel forms alike).
+    """
+    for a in range(len(fold["D"])):
+        pred = fold["A"] @ (fold["D"][a][:, None] * Z)
+        out[a] = score_fn(Yv, pred)
+        del pred
+
+
 class _Primal:
     """Per-fold eigendecompositions of X_train' X_train, shared by all targets."""
 
@@ -236,11 +249,7 @@ class _Primal:
                 XtY = self.X[f["tr"]].T @ Yc[f["tr"]]
             Z = f["V"].T @ XtY
             del XtY
-            Yv = Yc[f["va"]]
-            for a in range(n_alphas):
-                pred = f["A"] @ (f["D"][a][:, None] * Z)
-                scores[k, a] = score_fn(Yv, pred)
-                del pred
+            _score_alphas(f, Z, Yc[f["va"]], score_fn, scores[k])
             del Z
         self._total = total
         return scores
@@ -297,11 +306,7 @@ class _Kernel:
         scores = b.zeros_like(Yc, shape=(len(self.folds), n_alphas, Yc.shape[1]))
         for k, f in enumerate(self.folds):
             Z = f["V"].T @ Yc[f["tr"]]
-            Yv = Yc[f["va"]]
-            for a in range(n_alphas):
-                pred = f["A"] @ (f["D"][a][:, None] * Z)
-                scores[k, a] = score_fn(Yv, pred)
-                del pred
+            _score_alphas(f, Z, Yc[f["va"]], score_fn, scores[k])
             del Z
         return scores
 
