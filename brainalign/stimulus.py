@@ -250,6 +250,15 @@ class Responses(Mapping):
     def stories(self, subject: str) -> list[str]:
         return [st for s, st in self._loaders if s == subject]
 
+    def subset(self, subjects) -> "Responses":
+        """The same responses restricted to ``subjects`` (nothing is read)."""
+        keep = set(subjects)
+        return Responses(
+            {k: v for k, v in self._loaders.items() if k[0] in keep},
+            {k: v for k, v in self._sources.items() if k[0] in keep},
+            self._n_trs,
+        )
+
     def source(self, subject: str, story: str) -> str:
         return self._sources.get((subject, story), f"subject {subject}, story {story}")
 

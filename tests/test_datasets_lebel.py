@@ -32,11 +32,7 @@ def test_round_trip_lebel_layout(sim, tmp_path):
     assert set(back.stories) == set(sim.stories)
     assert back.test_stories == sim.test_stories
     for name, st in sim.stories.items():
-        b = back.stories[name]
-        assert b.words == st.words
-        np.testing.assert_array_equal(b.onsets, st.onsets)
-        np.testing.assert_array_equal(b.offsets, st.offsets)
-        np.testing.assert_array_equal(b.tr_times, st.tr_times)
+        assert back.stories[name] == st  # name, words, onsets, offsets, TR and TR times, exactly
         for subj in sim.subjects:
             np.testing.assert_array_equal(back.responses(subj, name), sim.responses(subj, name))
     assert not list(tmp_path.rglob("*.tmp"))

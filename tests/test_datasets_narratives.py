@@ -26,11 +26,7 @@ def test_round_trip_narratives_layout(sim, written):
     assert back.subjects == ["sub-sim01", "sub-sim02"]
     assert back.stories[sim.test_stories[0]].tr == 1.5
     for name, st in sim.stories.items():
-        b = back.stories[name]
-        assert b.words == st.words
-        np.testing.assert_array_equal(b.onsets, st.onsets)
-        np.testing.assert_array_equal(b.offsets, st.offsets)
-        np.testing.assert_array_equal(b.tr_times, st.tr_times)
+        assert back.stories[name] == st  # name, words, onsets, offsets, TR and TR times, exactly
         for subj in sim.subjects:
             np.testing.assert_array_equal(back.responses(f"sub-{subj}", name), sim.responses(subj, name))
     t = sim.test_stories[0]

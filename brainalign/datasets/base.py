@@ -183,11 +183,7 @@ class Dataset:
             list(self.stories.values()),
             list(subjects),
             {s: self._spaces[s] for s in subjects},
-            Responses(
-                {k: v for k, v in self._responses._loaders.items() if k[0] in keep},
-                {k: v for k, v in self._responses._sources.items() if k[0] in keep},
-                self._responses._n_trs,
-            ),
+            self._responses.subset(subjects),
             self.train_stories,
             self.test_stories,
             {k: v for k, v in self._repeats.items() if k[0] in keep},

@@ -458,7 +458,7 @@ def _ceilings(plan: Plan) -> dict:
     ds = _dataset(plan.config)
     out = np.full((len(plan.subjects), plan.n_targets), np.nan, dtype="float32")
     for i, s in enumerate(plan.subjects):
-        c = dataset_ceiling(ds, s, ds.test_stories_of(s)) if ds.test_stories_of(s) else None
+        c = dataset_ceiling(ds, s, ds.test_stories_of(s))  # make_plan checked each has test stories
         if c is None:
             return {}
         out[i, : c.size] = c

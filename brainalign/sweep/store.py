@@ -166,7 +166,8 @@ class ResultsStore:
         d = self._meta / "done"
         if not d.is_dir():
             return {}
-        return {json.loads(p.read_text())["label"]: json.loads(p.read_text()) for p in sorted(d.glob("*.json"))}
+        infos = (json.loads(p.read_text()) for p in sorted(d.glob("*.json")))
+        return {info["label"]: info for info in infos}
 
     def write_region(self, label: str, region: xr.Dataset, settings_hash: str, provenance: dict | None = None) -> None:
         """Write one region's values, then mark it done (in that order)."""
