@@ -49,13 +49,24 @@ def make(n, p, t, seed=0, n_test=300):
 
 
 def flops_brainalign(n, p, t, n_test=300, folds=5, n_alphas=13):
-    """(float32 GEMM FLOPs, float64 GEMM FLOPs) of brainalign's primal route."""
+    """(float32 GEMM FLOPs, float64 GEMM FLOPs) of brainalign's primal route.
+
+    Mirrors ``brainalign.encoding.ridge``: the alpha-free validation route
+    (``_plan_validation``) when it is the cheaper one, else one prediction GEMM per alpha.
+    """
+    n_val = n / folds
     f32 = 2 * n * p * t  # per-fold X_val' Y_val blocks
     f32 += (folds + 1) * 2 * p * p * t  # rotations V' X'Y
-    f32 += n_alphas * 2 * n * p * t  # validation predictions, every alpha
-    f32 += folds * 2 * n * p * p / folds + 2 * n_test * p * p  # X_val V and X_test W
-    f32 += 2 * n_test * p * t  # test predictions
     f64 = 2 * n * p * p  # Gram blocks
+    f64 += folds * 2 * n_val * p * p  # X_val V
+    f32 += 2 * n_test * p * p  # X_test W
+    if 2 * 2 * p * p + 2 * n_val * p + 3 * 2 * n_alphas * p * 2 < n_alphas * 2 * n_val * p:
+        f64 += folds * 2 * n_val * p * p  # G = A'A per fold
+        f32 += folds * 2 * n_val * p * t  # A' Y_val
+        f64 += folds * (2 * p * p * t + 3 * 2 * n_alphas * p * t)  # H z and the alpha weights
+    else:
+        f32 += folds * n_alphas * 2 * n_val * p * t  # one prediction per alpha
+    f32 += 2 * n_test * p * t  # test predictions
     return f32, f64
 
 
@@ -79,60 +90,72 @@ def gemm_rate(dtype, size=3072, reps=3):
     return 2 * size**3 * reps / (time.perf_counter() - t0)
 
 
+def _timed(fn, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn``."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 def worker(args) -> dict:
     X, Y, Xt, Yt, lengths = make(args.n, args.p, args.t)
     out = {}
-    if args.method == "data":
-        pass
-    elif args.method == "brainalign":
+    saved = {}
+
+    def brainalign_fit(Ys, **kw):
         from brainalign.encoding import fit_ridge_cv
 
-        t0 = time.perf_counter()
-        res = fit_ridge_cv(X, Y, lengths, alphas=ALPHAS, X_test=Xt, Y_test=Yt, backend=args.backend, progress=False)
-        out["time"] = time.perf_counter() - t0
-        out["chunk"] = res.info["chunk"]
-        np.save(args.save, np.stack([res.best_alphas, res.score]))
-    elif args.method == "himalaya":
-        from himalaya.backend import set_backend
-        from himalaya.ridge import RidgeCV
+        return fit_ridge_cv(X, Ys, lengths, alphas=ALPHAS, X_test=Xt, backend=args.backend, progress=False, **kw)
 
-        from brainalign.encoding import pearson_r, story_folds
-
-        b = set_backend(args.backend)
-        t0 = time.perf_counter()
-        m = RidgeCV(alphas=ALPHAS, cv=story_folds(lengths, 5)).fit(X, Y)
-        pred = b.to_numpy(m.predict(Xt))
-        out["time"] = time.perf_counter() - t0
-        np.save(args.save, np.stack([b.to_numpy(m.best_alphas_), pearson_r(Yt, pred)]))
-    elif args.method == "sklearn":
-        from sklearn.linear_model import RidgeCV
-
-        t0 = time.perf_counter()
-        RidgeCV(alphas=ALPHAS, alpha_per_target=True, fit_intercept=False).fit(X, Y).predict(Xt)
-        out["time"] = time.perf_counter() - t0
-    elif args.method == "subjects":
-        from brainalign.encoding import fit_ridge_cv
-
-        rng = np.random.default_rng(1)
-        Ys = [Y + rng.standard_normal(Y.shape, dtype=np.float32) for _ in range(args.subjects)]
-        t0 = time.perf_counter()
-        fit_ridge_cv(X, Ys, lengths, alphas=ALPHAS, X_test=Xt, backend=args.backend, progress=False)
-        out["together"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for y in Ys:
-            fit_ridge_cv(X, y, lengths, alphas=ALPHAS, X_test=Xt, backend=args.backend, progress=False)
-        out["one_at_a_time"] = time.perf_counter() - t0
-        # the baseline without brainalign: himalaya's RidgeCV, one subject after another
+    def himalaya_fit(y):
         from himalaya.backend import set_backend
         from himalaya.ridge import RidgeCV
 
         from brainalign.encoding import story_folds
 
         b = set_backend(args.backend)
-        t0 = time.perf_counter()
-        for y in Ys:
-            b.to_numpy(RidgeCV(alphas=ALPHAS, cv=story_folds(lengths, 5)).fit(X, y).predict(Xt))
-        out["himalaya_one_at_a_time"] = time.perf_counter() - t0
+        m = RidgeCV(alphas=ALPHAS, cv=story_folds(lengths, 5)).fit(X, y)
+        return b.to_numpy(m.best_alphas_), b.to_numpy(m.predict(Xt))
+
+    # one small fit first, so thread pools and libraries are loaded before timing
+    if args.method in ("brainalign", "subjects"):
+        brainalign_fit(Y[:, :50])
+    if args.method in ("himalaya", "subjects"):
+        himalaya_fit(Y[:, :50])
+    if args.method == "data":
+        pass
+    elif args.method == "brainalign":
+        def run():
+            saved["res"] = brainalign_fit(Y, Y_test=Yt)
+
+        out["time"] = _timed(run, args.repeats)
+        out["chunk"] = saved["res"].info["chunk"]
+        np.save(args.save, np.stack([saved["res"].best_alphas, saved["res"].score]))
+    elif args.method == "himalaya":
+        from brainalign.encoding import pearson_r
+
+        def run():
+            saved["res"] = himalaya_fit(Y)
+
+        out["time"] = _timed(run, args.repeats)
+        alphas, pred = saved["res"]
+        np.save(args.save, np.stack([alphas, pearson_r(Yt, pred)]))
+    elif args.method == "sklearn":
+        from sklearn.linear_model import RidgeCV
+
+        out["time"] = _timed(
+            lambda: RidgeCV(alphas=ALPHAS, alpha_per_target=True, fit_intercept=False).fit(X, Y).predict(Xt),
+            args.repeats)
+    elif args.method == "subjects":
+        rng = np.random.default_rng(1)
+        Ys = [Y + rng.standard_normal(Y.shape, dtype=np.float32) for _ in range(args.subjects)]
+        out["together"] = _timed(lambda: brainalign_fit(Ys), args.repeats)
+        out["one_at_a_time"] = _timed(lambda: [brainalign_fit(y) for y in Ys], args.repeats)
+        # the baseline without brainalign: himalaya's RidgeCV, one subject after another
+        out["himalaya_one_at_a_time"] = _timed(lambda: [himalaya_fit(y) for y in Ys], 1)
     elif args.method == "gemm":
         import torch
 
@@ -149,6 +172,7 @@ def main() -> None:
     ap.add_argument("--t", type=int, default=5000)
     ap.add_argument("--subjects", type=int, default=8)
     ap.add_argument("--backend", default="torch")
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs per method (median reported)")
     ap.add_argument("--methods", default="data,gemm,brainalign,himalaya,sklearn")
     ap.add_argument("--method", help=argparse.SUPPRESS)
     ap.add_argument("--save", default="", help=argparse.SUPPRESS)
@@ -160,7 +184,7 @@ def main() -> None:
     for m in args.methods.split(","):
         save = f"/tmp/bench_encoding_{os.getpid()}_{m}.npy"
         cmd = [sys.executable, __file__, "--method", m, "--save", save] + [
-            f"--{k}={getattr(args, k)}" for k in ("n", "p", "t", "subjects", "backend")
+            f"--{k}={getattr(args, k)}" for k in ("n", "p", "t", "subjects", "backend", "repeats")
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
