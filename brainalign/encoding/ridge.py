@@ -181,7 +181,7 @@ def _clamp0(b, lam):
 #: treated as one (see :func:`_plan_validation`).
 _CLUSTER_TOL = 1e-7
 #: What :func:`_plan_validation` adds to a fold.
-_PF_KEYS = ("H", "G_diag", "G_runs", "D64", "D64_twice", "D64_sq")
+_PF_KEYS = ("H", "G_diag", "G_runs", "D64")
 
 
 def _eigen_runs(lam: np.ndarray, scale: float) -> list[tuple[int, int]]:
@@ -228,15 +228,19 @@ def _plan_validation(b, fold: dict, lam, A64, alphas_d, alpha_min: float) -> Non
         diff[s:e, s:e] = float("inf")
     H = G / diff
     del diff
-    D = 1.0 / (alphas_d[:, None] + lam_c[None, :])
     fold.update(
         H=H, G_diag=G.reshape(-1)[:: r + 1] * 1.0, G_runs=[(s, e, G[s:e, s:e] * 1.0) for s, e in runs],
-        D64=D, D64_twice=2.0 * D, D64_sq=D * D,
+        D64=1.0 / (alphas_d[:, None] + lam_c[None, :]),
     )
 
 
 def _validation_sse(b, fold: dict, Z, Yv):
-    """Sum of squared validation errors, every alpha (n_alphas x targets)."""
+    """Sum of squared validation errors of every alpha (n_alphas x targets).
+
+    The prediction for alpha ``a`` is ``A diag(D[a]) Z``: ``A`` maps the eigenbasis to the
+    validation rows, ``D[a]`` is the ridge shrinkage of each eigen-direction, ``Z`` the
+    training targets projected on the eigenbasis (primal and kernel forms alike).
+    """
     if "H" not in fold:  # direct: one prediction per alpha
         sse = b.zeros_like(Yv, shape=(len(fold["D"]), Yv.shape[1]))
         for a in range(len(fold["D"])):
@@ -244,34 +248,25 @@ def _validation_sse(b, fold: dict, Z, Yv):
             sse[a] = (err * err).sum(0)
             del err
         return sse
+    D = fold["D64"]
     z = b.asarray(Z, dtype="float64")
     P = fold["H"] @ z
     P *= z
-    sse = fold["D64_twice"] @ P
+    sse = 2.0 * (D @ P)
     del P
     R = fold["G_diag"][:, None] * z
     for s, e, Gc in fold["G_runs"]:
         R[s:e] = Gc @ z[s:e]
     R *= z
-    sse += fold["D64_sq"] @ R
+    sse += (D * D) @ R
     del R
     Bz = b.asarray(fold["A"].T @ Yv, dtype="float64")
     Bz *= z
-    sse -= 2.0 * (fold["D64"] @ Bz)
+    sse -= 2.0 * (D @ Bz)
     del Bz
     yv = b.asarray(Yv, dtype="float64")
     sse += (yv * yv).sum(0)[None, :]
     return sse
-
-
-def _score_alphas(b, fold: dict, Z, Yv, score_fn, out) -> None:
-    """Validation score of every alpha of one fold into ``out`` (n_alphas x targets).
-
-    The prediction for alpha ``a`` is ``A diag(D[a]) Z``: ``A`` maps the eigenbasis to the
-    validation rows, ``D[a]`` is the ridge shrinkage of each eigen-direction, ``Z`` the
-    training targets projected on the eigenbasis (primal and kernel forms alike).
-    """
-    out[:] = score_fn(_validation_sse(b, fold, Z, Yv), Yv)
 
 
 # -- decompositions ----------------------------------------------------------------
@@ -340,7 +335,7 @@ class _Primal:
                 XtY = self.X[f["tr"]].T @ Yc[f["tr"]]
             Z = f["V"].T @ XtY
             del XtY
-            _score_alphas(b, f, Z, Yc[f["va"]], score_fn, scores[k])
+            scores[k] = score_fn(_validation_sse(b, f, Z, Yc[f["va"]]), Yc[f["va"]])
             del Z
         self._total = total
         return scores
@@ -400,7 +395,7 @@ class _Kernel:
         scores = b.zeros_like(Yc, shape=(len(self.folds), n_alphas, Yc.shape[1]))
         for k, f in enumerate(self.folds):
             Z = f["V"].T @ Yc[f["tr"]]
-            _score_alphas(b, f, Z, Yc[f["va"]], score_fn, scores[k])
+            scores[k] = score_fn(_validation_sse(b, f, Z, Yc[f["va"]]), Yc[f["va"]])
             del Z
         return scores
 
