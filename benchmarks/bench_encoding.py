@@ -4,8 +4,9 @@ Each method runs in its own subprocess on the same seeded data (story lengths of
 TRs, 5 story folds, 13 alphas logspace(0, 6), one test story of 300 TRs); the parent
 collects wall time of the fit (data generation excluded) and peak resident memory
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of the subprocess, which sees BLAS's
-allocations too), plus the GEMM floor: the FLOPs of brainalign's algorithm divided by
-the matmul FLOP/s measured here.
+allocations too), plus the GEMM floor: the FLOPs of brainalign's algorithm (its GEMMs,
+and for each eigendecomposition the 10/3 p^3 of its reduction and back-transformation)
+divided by the matmul FLOP/s measured here.
 
     .venv/bin/python benchmarks/bench_encoding.py --n 3000 --p 1000 --t 5000
     .venv/bin/python benchmarks/bench_encoding.py --n 3000 --p 1000 --t 1000 --subjects 8 --methods subjects
@@ -58,6 +59,7 @@ def flops_brainalign(n, p, t, n_test=300, folds=5, n_alphas=13):
     f32 = 2 * n * p * t  # per-fold X_val' Y_val blocks
     f32 += (folds + 1) * 2 * p * p * t  # rotations V' X'Y
     f64 = 2 * n * p * p  # Gram blocks
+    f64 += (folds + 1) * 10 / 3 * p**3  # eigendecompositions: reduction + back-transform only (a lower bound)
     f64 += folds * 2 * n_val * p * p  # X_val V
     f32 += 2 * n_test * p * p  # X_test W
     if 2 * 2 * p * p + 2 * n_val * p + 3 * 2 * n_alphas * p * 2 < n_alphas * 2 * n_val * p:
@@ -76,6 +78,24 @@ def flops_himalaya(n, p, t, n_test=300, folds=5, n_alphas=13):
     f += folds * 4 * n_tr * p * p  # SVDs (rough)
     f += n_alphas * 2 * p * n * p + 2 * p * n * t  # refit
     return f
+
+
+def float64_cv_curves(X, Y, lengths, alphas, folds=5):
+    """Mean fold score (minus the MSE) of every alpha for the columns of ``Y``, in float64."""
+    from brainalign.encoding import story_folds
+
+    X = X.astype(np.float64)
+    Y = Y.astype(np.float64)
+    total = np.zeros((len(alphas), Y.shape[1]))
+    cv = story_folds(lengths, folds)
+    for tr, va in cv:
+        lam, V = np.linalg.eigh(X[tr].T @ X[tr])
+        Z = V.T @ (X[tr].T @ Y[tr])
+        A = X[va] @ V
+        for i, a in enumerate(alphas):
+            err = Y[va] - A @ (Z / (a + np.clip(lam, 0, None))[:, None])
+            total[i] -= (err**2).mean(0)
+    return total / len(cv)
 
 
 def gemm_rate(dtype, size=3072, reps=5):
@@ -204,6 +224,15 @@ def main() -> None:
         print(f"agreement: alphas identical {np.isclose(a[0], h[0], rtol=1e-5).mean() * 100:.3f}% of targets; "
               f"max |score diff| {np.nanmax(np.abs(a[1] - h[1])):.2e}")
         print(f"speed-up over himalaya: {results['himalaya']['time'] / results['brainalign']['time']:.2f}x")
+        differ = np.nonzero(~np.isclose(a[0], h[0], rtol=1e-5))[0]
+        if differ.size:
+            # which choice is right? the exact (float64) mean fold scores of both alphas
+            X, Y, _, _, lengths = make(args.n, args.p, args.t)
+            curves = float64_cv_curves(X, Y[:, differ[:20]], lengths, ALPHAS)
+            for j, k in enumerate(differ[:20]):
+                ia, ih = (int(np.argmin(np.abs(ALPHAS - v))) for v in (a[0][k], h[0][k]))
+                print(f"  target {k}: brainalign alpha {a[0][k]:.4g} (float64 score {curves[ia, j]:.12g}), "
+                      f"himalaya {h[0][k]:.4g} ({curves[ih, j]:.12g}); float64 best {ALPHAS[np.argmax(curves[:, j])]:.4g}")
     if "gemm" in results:
         f32, f64 = flops_brainalign(args.n, args.p, args.t)
         g = results["gemm"]
