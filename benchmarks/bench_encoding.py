@@ -62,7 +62,9 @@ def flops_brainalign(n, p, t, n_test=300, folds=5, n_alphas=13):
     f64 += (folds + 1) * 10 / 3 * p**3  # eigendecompositions: reduction + back-transform only (a lower bound)
     f64 += folds * 2 * n_val * p * p  # X_val V
     f32 += 2 * n_test * p * p  # X_test W
-    if 2 * 2 * p * p + 2 * n_val * p + 3 * 2 * n_alphas * p * 2 < n_alphas * 2 * n_val * p:
+    from brainalign.encoding.ridge import _alpha_free_is_cheaper
+
+    if _alpha_free_is_cheaper(n_val, p, n_alphas):
         f64 += folds * 2 * n_val * p * p  # G = A'A per fold
         f32 += folds * 2 * n_val * p * t  # A' Y_val
         f64 += folds * (2 * p * p * t + 3 * 2 * n_alphas * p * t)  # H z and the alpha weights

@@ -196,6 +196,14 @@ def _eigen_runs(lam: np.ndarray, scale: float) -> list[tuple[int, int]]:
     return runs
 
 
+def _alpha_free_is_cheaper(n_val: int, r: int, n_alphas: int) -> bool:
+    """Whether :func:`_plan_validation`'s route costs fewer FLOPs per target than one
+    ``n_val x r`` prediction GEMM per alpha (float64 FLOPs counted twice: half the rate
+    of float32 on CPUs)."""
+    alpha_free = 2 * (2 * r * r) + 2 * n_val * r + 2 * (3 * 2 * n_alphas * r)
+    return alpha_free < n_alphas * 2 * n_val * r
+
+
 def _plan_validation(b, fold: dict, lam, A64, alphas_d, alpha_min: float) -> None:
     """Prepare the alpha-free route to validation scores when it costs fewer FLOPs.
 
@@ -212,9 +220,7 @@ def _plan_validation(b, fold: dict, lam, A64, alphas_d, alpha_min: float) -> Non
     large entries costs at most ``1e-16 / _CLUSTER_TOL`` of relative precision.
     """
     n_val, r = A64.shape
-    n_alphas = alphas_d.shape[0]
-    # float32 GEMM FLOPs per target; float64 counted twice (half the rate on CPUs)
-    if 2 * 2 * r * r + 2 * n_val * r + 3 * 2 * n_alphas * r * 2 >= n_alphas * 2 * n_val * r:
+    if not _alpha_free_is_cheaper(n_val, r, alphas_d.shape[0]):
         return
     lam_np = np.asarray(b.to_numpy(lam), dtype=np.float64)
     runs = _eigen_runs(lam_np, alpha_min)
