@@ -276,6 +276,21 @@ def _validation_sse(b, fold: dict, Z, Yv):
 
 
 # -- decompositions ----------------------------------------------------------------
+def _shrinkage(b, alphas_d, lam):
+    """``1 / (alpha + lambda)`` for every alpha (rows) and eigenvalue (columns), float32."""
+    return b.asarray(1.0 / (alphas_d[:, None] + lam[None, :]), dtype="float32")
+
+
+def _make_fold(b, tr_d, va_d, lam, V, A64, alphas_d, invalid: np.ndarray) -> dict:
+    """One fold's shared state (primal and kernel forms alike): the eigenbasis ``V``, the
+    map ``A`` from it to the validation rows, the shrinkage ``D``, and the alpha-free
+    validation route when it is the cheaper one."""
+    fold = dict(tr=tr_d, va=va_d, V=b.asarray(V, dtype="float32"), A=b.asarray(A64, dtype="float32"),
+                D=_shrinkage(b, alphas_d, lam), invalid=invalid)
+    _plan_validation(b, fold, lam, A64, alphas_d, float(b.to_numpy(alphas_d).min()))
+    return fold
+
+
 class _Primal:
     """Per-fold eigendecompositions of X_train' X_train, shared by all targets."""
 
@@ -313,19 +328,14 @@ class _Primal:
         decs = eigh_many(b, mats)
         del mats
         for (tr, va), (lam, V) in zip(folds, decs[:-1]):
-            lam = _clamp0(b, lam)
-            D = b.asarray(1.0 / (alphas_d[:, None] + lam[None, :]), dtype="float32")
             va_d = _rows(b, va, Xd)
             A64 = b.asarray(Xd[va_d], dtype="float64") @ V
-            fold = dict(tr=_rows(b, tr, Xd), va=va_d, V=b.asarray(V, dtype="float32"),
-                        A=b.asarray(A64, dtype="float32"), D=D, invalid=np.zeros(len(alphas64), bool))
-            _plan_validation(b, fold, lam, A64, alphas_d, float(alphas64.min()))
+            self.folds.append(_make_fold(b, _rows(b, tr, Xd), va_d, _clamp0(b, lam), V, A64, alphas_d,
+                                         np.zeros(len(alphas64), bool)))
             del A64
-            self.folds.append(fold)
         lam, W = decs[-1]
         del decs
-        lam = _clamp0(b, lam)
-        self.D_full = b.asarray(1.0 / (alphas_d[:, None] + lam[None, :]), dtype="float32")
+        self.D_full = _shrinkage(b, alphas_d, _clamp0(b, lam))
         self.W = b.asarray(W, dtype="float32")
         self.XteW = to_device(b, X_test) @ self.W if X_test is not None else None
 
@@ -377,17 +387,12 @@ class _Kernel:
             # himalaya's rule ("nan"): an alpha that does not compensate twice a negative
             # eigenvalue (float error of an indefinite kernel) cannot be chosen
             invalid = alphas64 < -2 * lam_min if lam_min < 0 else np.zeros(len(alphas64), bool)
-            D = b.asarray(1.0 / (alphas_d[:, None] + lam[None, :]), dtype="float32")
             A64 = K[va_d][:, tr_d] @ V
-            fold = dict(tr=_rows(b, tr, Xd), va=_rows(b, va, Xd), V=b.asarray(V, dtype="float32"),
-                        A=b.asarray(A64, dtype="float32"), D=D, invalid=invalid)
-            _plan_validation(b, fold, lam, A64, alphas_d, float(alphas64.min()))
+            self.folds.append(_make_fold(b, _rows(b, tr, Xd), _rows(b, va, Xd), lam, V, A64, alphas_d, invalid))
             del A64
-            self.folds.append(fold)
         lam, W = decs[-1]
         del decs
-        lam = _clamp0(b, lam)
-        self.D_full = b.asarray(1.0 / (alphas_d[:, None] + lam[None, :]), dtype="float32")
+        self.D_full = _shrinkage(b, alphas_d, _clamp0(b, lam))
         self.W = b.asarray(W, dtype="float32")
         if X_test is not None:
             Kte = b.asarray(b.asarray(to_device(b, X_test), dtype="float64") @ X64.T, dtype="float32")
