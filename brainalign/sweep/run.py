@@ -218,6 +218,10 @@ def _atlas_space(name: str) -> bool:
     return name in FSAVERAGE_SIZES
 
 
+#: the config sections that change a stored value (ROI scores depend on ``rois``)
+_HASHED = ("dataset", "model", "layers", "features", "encoding", "stats", "rois")
+
+
 def make_plan(config: RunConfig | str | Path | dict) -> Plan:
     """Validate everything that can be validated before work starts.
 
@@ -241,6 +245,16 @@ def make_plan(config: RunConfig | str | Path | dict) -> Plan:
             )
         if n_test == 0:
             raise ValidationError(f"dataset: subject {s} has none of the test stories {ds.test_stories}")
+        if cfg.stats.permutations > 0:
+            n_trs = sum(ds.stories[st].n_trs for st in ds.test_stories_of(s))
+            if n_trs // cfg.stats.block_size < 4:
+                raise ValidationError(
+                    f"stats.block_size: {cfg.stats.block_size} TRs make only {n_trs // cfg.stats.block_size} blocks of "
+                    f"subject {s}'s {n_trs} test TRs; a permutation test needs at least 4 (use a block size of at most "
+                    f"{max(n_trs // 4, 1)})"
+                )
+    if cfg.rois.how == "fraction_significant" and cfg.stats.permutations == 0:
+        raise ValidationError("rois.how: 'fraction_significant' needs significance tests: set stats.permutations > 0")
     spaces = {s: ds.space(s) for s in subjects}
     names = {sp.name for sp in spaces.values()}
     if len(names) > 1 and any(sp.is_surface for sp in spaces.values()):
@@ -270,7 +284,7 @@ def make_plan(config: RunConfig | str | Path | dict) -> Plan:
         space=first.name,
         hemi=hemi,
         rois=roi_names,
-        settings_hash=config_hash(cfg),
+        settings_hash=config_hash(cfg, parts=_HASHED),
     )
 
 
@@ -322,6 +336,7 @@ def _region(plan: Plan, res: xr.Dataset, roi: xr.DataArray, fs) -> xr.Dataset:
 def run_checkpoint(plan: Plan, index: int, progress: bool = False) -> dict:
     """Features -> encoders -> ROI summary for one checkpoint; writes its region."""
     from .. import encoding, features, rois
+    from ..surfaces.atlases import whole_targets
 
     cfg = plan.config
     ckpt = plan.checkpoints[index]
@@ -364,10 +379,10 @@ def run_checkpoint(plan: Plan, index: int, progress: bool = False) -> dict:
     )
     if _atlas_space(plan.space):
         atlas = rois.load_atlas(cfg.rois.atlas, space=plan.space)
-        agg = rois.aggregate(res, atlas=atlas, how=cfg.rois.how)
-        roi = agg["fraction_significant" if cfg.rois.how == "fraction_significant" else "score"]
-    else:  # no atlas for this space: the whole-target mean
-        roi = res["score"].mean("target").expand_dims(roi=["whole_cortex"])
+    else:  # no atlas for this space: all targets
+        atlas = whole_targets(plan.n_targets, plan.space)
+    agg = rois.aggregate(res, atlas=atlas, how=cfg.rois.how)
+    roi = agg["fraction_significant" if cfg.rois.how == "fraction_significant" else "score"]
     region = _region(plan, res, roi, fs)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -491,6 +506,41 @@ def _provenance(plan: Plan) -> dict:
     }
 
 
+def _create_store(plan: Plan, store: ResultsStore, force: bool) -> None:
+    """The empty store of ``plan`` (or the existing one, checked and extended)."""
+    coords = {
+        "checkpoint": np.array([c.label for c in plan.checkpoints]),
+        "step": ("checkpoint", np.array([c.step for c in plan.checkpoints], dtype=float)),
+        "tokens": ("checkpoint", np.array([c.tokens for c in plan.checkpoints], dtype=float)),
+        "layer": np.array(plan.layers),
+        "depth": ("layer", np.array(plan.layers, dtype=float) / max(plan.n_layers, 1)),
+        "subject": np.array(plan.subjects),
+        "target": np.arange(plan.n_targets),
+        "hemi": ("target", plan.hemi),
+        "roi": np.array(plan.rois),
+    }
+    cfg = plan.config
+    attrs = {
+        "config": cfg.model_dump(mode="json"),
+        "settings_hash": plan.settings_hash,
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "space": plan.space,
+        "n_layers": plan.n_layers,
+        **_provenance(plan),
+    }
+    store.create(coords, _variables(plan), attrs=attrs, layout_key=plan.layout_key(), force=force, data=_ceilings(plan))
+
+
+def _todo(plan: Plan, store: ResultsStore) -> list[int]:
+    """Checkpoints not done yet, and done ones whose chunk files went missing (redone)."""
+    for label, files in store.missing_chunks().items():
+        log.warning("results store %s: done checkpoint %r lost chunk files (%s); redoing it", store.path, label,
+                    ", ".join(files[:3]))
+        store.undo(label)
+    return [i for i, c in enumerate(plan.checkpoints) if not store.done(c.label, plan.settings_hash)]
+
+
 def run(
     config: RunConfig | str | Path | dict,
     force: bool = False,
@@ -513,44 +563,24 @@ def run(
     if executor is not None or workers is not None:
         ex = cfg.executor.model_copy(update={k: v for k, v in {"kind": executor, "workers": workers}.items() if v is not None})
         cfg = cfg.model_copy(update={"executor": ex})
-    plan = make_plan(cfg)
-    store = ResultsStore(plan.store_path)
-    coords = {
-        "checkpoint": np.array([c.label for c in plan.checkpoints]),
-        "step": ("checkpoint", np.array([c.step for c in plan.checkpoints], dtype=float)),
-        "tokens": ("checkpoint", np.array([c.tokens for c in plan.checkpoints], dtype=float)),
-        "layer": np.array(plan.layers),
-        "depth": ("layer", np.array(plan.layers, dtype=float) / max(plan.n_layers, 1)),
-        "subject": np.array(plan.subjects),
-        "target": np.arange(plan.n_targets),
-        "hemi": ("target", plan.hemi),
-        "roi": np.array(plan.rois),
-    }
-    attrs = {
-        "config": cfg.model_dump(mode="json"),
-        "settings_hash": plan.settings_hash,
-        "model": cfg.model.name,
-        "dataset": cfg.dataset.name,
-        "space": plan.space,
-        "n_layers": plan.n_layers,
-        **_provenance(plan),
-    }
-    store.create(coords, _variables(plan), attrs=attrs, layout_key=plan.layout_key(), force=force,
-                 data=_ceilings(plan))
-    todo = [i for i, c in enumerate(plan.checkpoints) if not store.done(c.label, plan.settings_hash)]
-    log.info("%d of %d checkpoints to do", len(todo), len(plan.checkpoints))
-    if todo:
-        kind = cfg.executor.kind
-        if kind == "local" and client is None:
-            _run_local(plan, todo, progress)
-        else:
-            cluster = None if client is not None else _cluster(plan, workers)
-            try:
-                _run_dask(plan, todo, progress, client=client, cluster=cluster)
-            finally:
-                if cluster is not None:
-                    cluster.close()
-    store.set_attrs(completed=datetime.now(timezone.utc).isoformat(), tasks=store.done_info())
+    store = ResultsStore(Path(cfg.output.store).expanduser())
+    with store.writer():
+        plan = make_plan(cfg)
+        _create_store(plan, store, force)
+        todo = _todo(plan, store)
+        log.info("%d of %d checkpoints to do", len(todo), len(plan.checkpoints))
+        if todo:
+            kind = cfg.executor.kind
+            if kind == "local" and client is None:
+                _run_local(plan, todo, progress)
+            else:
+                cluster = None if client is not None else _cluster(plan, workers)
+                try:
+                    _run_dask(plan, todo, progress, client=client, cluster=cluster)
+                finally:
+                    if cluster is not None:
+                        cluster.close()
+        store.set_attrs(completed=datetime.now(timezone.utc).isoformat(), tasks=store.done_info())
     return Sweep(plan.store_path)
 
 

@@ -1,39 +1,77 @@
 """The results store: one xarray Dataset as zarr, written region by region.
 
-The store is created once with its full coordinates and empty (NaN) variables. Each
-task writes its own region (one checkpoint) and only *then* marks itself done by an
-atomic rename of a small JSON file under ``<store>/.brainalign/done/``. A region without
-its marker is never taken as done: a run killed mid-write redoes that region. Each
-marker carries the hash of the settings that made the region, so a later run with
-incompatible settings is refused instead of mixing results.
+The rules that make a store safe to leave running for days:
+
+* **A store says it is one.** A brainalign store is a folder holding
+  ``.brainalign/layout.json``. It is created in a temporary folder beside its final path
+  and renamed into place complete, so it exists whole or not at all. A folder without
+  the marker is never deleted or written into, ``force`` or not.
+* **One writer.** :meth:`ResultsStore.writer` takes an exclusive lock (``filelock``, an
+  OS file lock on ``.<name>.lock`` beside the store) for the whole run; a second writer
+  is refused at once with the first one's PID, host and start time. The kernel releases
+  the lock of a process that died; its owner note is then taken over with a warning.
+  Caveat: on network filesystems (NFS, Lustre, GPFS as SLURM clusters mount them) the
+  lock is only as good as the filesystem's own locking; where it is node-local
+  (``local_lock=`` NFS mounts, Lustre without ``flock``), start one ``brainalign run``
+  per store.
+* **Done means done.** Each task writes its own region (one checkpoint) and only *then*
+  marks itself done by an atomic rename of a small JSON file under
+  ``<store>/.brainalign/done/``. A region without a readable marker is redone; an
+  empty or corrupt marker (a kill inside its write) counts as not done, with a warning.
+  Each marker carries the hash of the settings that made the region, so a later run with
+  incompatible settings is refused instead of mixing results.
+* **Extending keeps everything.** Regions added to a store (checkpoints added to a
+  config) are appended with zarr's own resize, which keeps the store's attributes; a
+  journal makes an interrupted extension roll back on the next run.
+* **Damage is named.** Reading a store checks its metadata files, the chunks of every
+  done region and the decoding of every chunk, and names the file that is wrong.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shutil
+import socket
+import tempfile
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from .._io import atomic_write_text
+from .._io import atomic_path, atomic_write_text
 from ..errors import ValidationError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ResultsStore", "IncompatibleStoreError", "atomic_write_text"]
+__all__ = ["ResultsStore", "IncompatibleStoreError", "StoreLockedError", "DamagedStoreError", "StoreWriteError",
+           "atomic_write_text"]
 
 _META = ".brainalign"
+_JOURNAL = "extending.json"
 
 
 class IncompatibleStoreError(ValidationError):
     """The store holds results made with other settings (use force=True to start over)."""
+
+
+class StoreLockedError(ValidationError):
+    """Another process is writing the store."""
+
+
+class DamagedStoreError(ValidationError):
+    """A file of the store cannot be read."""
+
+
+class StoreWriteError(ValidationError):
+    """The operating system refused a write (disk full, read-only, permissions)."""
 
 
 def _zarr_kwargs() -> dict[str, Any]:
@@ -57,6 +95,39 @@ def _quiet():
         yield
 
 
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the filesystem is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+def os_error_message(exc: OSError, what: str) -> str:
+    """``what``: the path, and what the OS said in words (for errors users read)."""
+    hint = _OS_HINTS.get(exc.errno, exc.strerror or str(exc))
+    name = exc.filename if exc.filename else ""
+    return f"{what}: {hint}" + (f" ({name})" if name else "") + f" [{errno.errorcode.get(exc.errno, exc.errno)}]"
+
+
+@contextmanager
+def _os_errors(what: str, after: str = "") -> Iterator[None]:
+    """Turn an OSError into a :class:`StoreWriteError` naming ``what`` (and what follows)."""
+    try:
+        yield
+    except OSError as exc:
+        raise StoreWriteError(os_error_message(exc, what) + (f"; {after}" if after else "")) from exc
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Raise a :class:`StoreWriteError` unless a file can be created in ``folder``."""
+    with _os_errors(f"cannot write {what} {folder}"):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".brainalign-write-check"):
+            pass
+
+
 class ResultsStore:
     """A zarr store of sweep results with per-region done markers.
 
@@ -70,17 +141,113 @@ class ResultsStore:
         self.path = Path(path)
         self.region_dim = region_dim
 
-    # -- layout ------------------------------------------------------------------
+    # -- identity ----------------------------------------------------------------
     @property
     def _meta(self) -> Path:
         return self.path / _META
 
     def exists(self) -> bool:
+        """True when ``path`` is a (complete) brainalign results store."""
         return (self._meta / "layout.json").is_file()
 
     def layout(self) -> dict:
-        return json.loads((self._meta / "layout.json").read_text())
+        return self._read_json(self._meta / "layout.json")
 
+    def _read_json(self, p: Path) -> Any:
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DamagedStoreError(f"results store {self.path}: {p.relative_to(self.path)} is not valid JSON ({exc})") from None
+
+    def _refuse_foreign(self) -> None:
+        """Refuse a path that holds something other than a brainalign store."""
+        p = self.path
+        if p.exists() and not p.is_dir():
+            raise ValidationError(f"output.store: {p} is a file, not a results store; choose another path")
+        if p.is_dir() and not self.exists() and any(p.iterdir()):
+            raise ValidationError(
+                f"output.store: {p} exists and is not a brainalign results store (it has no {_META}/layout.json); "
+                "brainalign never deletes or writes into such a folder, with --force or not: choose another path, "
+                "or move that folder away yourself"
+            )
+
+    # -- the writer lock -----------------------------------------------------------
+    @property
+    def _lock_file(self) -> Path:
+        return self.path.parent / f".{self.path.name}.lock"
+
+    @property
+    def _owner_file(self) -> Path:
+        return self.path.parent / f".{self.path.name}.lock.json"
+
+    @contextmanager
+    def writer(self) -> Iterator["ResultsStore"]:
+        """Hold the store's exclusive writer lock; clean what a killed writer left.
+
+        Raises
+        ------
+        StoreLockedError
+            At once, when another process holds the lock.
+        StoreWriteError
+            When the store's folder cannot be written.
+        """
+        from filelock import FileLock, Timeout
+
+        check_writable(self.path.parent, "the results store's folder")
+        if self.exists():
+            check_writable(self._meta, "results store")
+        lock = FileLock(str(self._lock_file), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise StoreLockedError(f"store {self.path} is being written by {self._owner()}; "
+                                   "wait for it to finish, or write to another store") from None
+        try:
+            if self._owner_file.is_file():
+                warnings.warn(f"results store {self.path}: taking over the lock left by {self._owner()}, "
+                              "which is no longer running", stacklevel=3)
+            me = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now(timezone.utc).isoformat()}
+            atomic_write_text(self._owner_file, json.dumps(me))
+            self._clean()
+            yield self
+        finally:
+            self._owner_file.unlink(missing_ok=True)
+            lock.release()
+
+    def _owner(self) -> str:
+        for _ in range(20):  # the owner writes its note right after taking the lock
+            try:
+                o = json.loads(self._owner_file.read_text())
+                return f"PID {o['pid']} on {o['host']} since {o['since']}"
+            except (OSError, ValueError, KeyError, TypeError):
+                import time
+
+                time.sleep(0.05)
+        return "another process (its owner note is unreadable)"
+
+    def _clean(self) -> None:
+        """Remove what a killed writer left: temp folders, temp files, corrupt markers,
+        and roll back an interrupted extension."""
+        parent, name = self.path.parent, self.path.name
+        for p in parent.glob(f".{name}.*"):
+            if p.is_dir():  # a store being created, or an old one being replaced
+                shutil.rmtree(p, ignore_errors=True)
+        for p in parent.glob(f"..{name}.lock.*"):  # a temp owner note
+            p.unlink(missing_ok=True)
+        if not self.exists():
+            return
+        for p in self.path.rglob("*.partial"):  # zarr's own temp files
+            p.unlink(missing_ok=True)
+        for p in self._meta.rglob(".*"):  # atomic_write temp files (markers)
+            if p.is_file():
+                p.unlink(missing_ok=True)
+        for p in (self._meta / "done").glob("*.json"):
+            if self._marker_info(p) is None:
+                p.unlink(missing_ok=True)
+        if (self._meta / _JOURNAL).is_file():
+            self._roll_back()
+
+    # -- layout ------------------------------------------------------------------
     def create(
         self,
         coords: dict[str, Any],
@@ -99,14 +266,19 @@ class ResultsStore:
         reuse the store (settings hash, dims other than the region dim).
 
         An existing store with the same layout key is reused; regions (e.g. checkpoints)
-        it lacks are appended to it as empty regions, so a sweep can be extended.
-
-        Returns True when a new store was created.
+        it lacks are appended to it as empty regions, so a sweep can be extended, and its
+        attributes are updated with ``attrs``. ``force`` re-creates a brainalign store
+        (never anything else). Returns True when a new store was created.
         """
         import dask.array as da
 
+        self._refuse_foreign()
         key = json.loads(json.dumps(layout_key or {}, default=_jsonable))
         ds = xr.Dataset(coords={k: (v if isinstance(v, tuple) else np.asarray(v)) for k, v in coords.items()})
+        # room for longer labels, so checkpoints can be appended later
+        labels = ds[self.region_dim].values
+        if labels.dtype.kind == "U":
+            ds = ds.assign_coords({self.region_dim: labels.astype(f"<U{max(64, labels.dtype.itemsize // 4)}")})
         for name, (dims, dtype) in variables.items():
             shape = tuple(ds.sizes[d] for d in dims)
             chunks = tuple(1 if d == self.region_dim else ds.sizes[d] for d in dims)
@@ -120,41 +292,91 @@ class ResultsStore:
                     f"results store {self.path} was made with other settings ({', '.join(diff)} differ); "
                     "use another output store, or --force to discard it and start over"
                 )
-            self._append_regions(ds)
+            with _os_errors(f"cannot extend results store {self.path}"):
+                self._append_regions(ds)
+                self.set_attrs(**{k: v for k, v in (attrs or {}).items() if k != "created"})
             return False
-        if self.path.exists():
-            shutil.rmtree(self.path)
         for name, (dims, values) in (data or {}).items():
             ds[name] = (dims, np.asarray(values))
-        ds.attrs.update({k: json.dumps(v, default=_jsonable) if isinstance(v, (dict, list)) else v for k, v in (attrs or {}).items()})
-        ds.to_zarr(self.path, mode="w", compute=False, **_zarr_kwargs())
-        atomic_write_text(self._meta / "layout.json", json.dumps(key, indent=1, sort_keys=True))
+        ds.attrs.update({k: _encode_attr(v) for k, v in (attrs or {}).items()})
+        with _os_errors(f"cannot create results store {self.path}", "nothing was created"), \
+                atomic_path(self.path, directory=True) as tmp, _quiet():
+            ds.to_zarr(tmp, mode="w", compute=False, **_zarr_kwargs())
+            atomic_write_text(tmp / _META / "layout.json", json.dumps(key, indent=1, sort_keys=True))
         return True
 
+    def _region_arrays(self, group) -> list[tuple[str, Any, int]]:
+        """(name, zarr array, axis of the region dim) of every array along the region dim."""
+        with _quiet():
+            arrays = list(group.arrays())
+        dims = {name: list(arr.attrs.get("_ARRAY_DIMENSIONS", [])) for name, arr in arrays}
+        return [(name, arr, dims[name].index(self.region_dim)) for name, arr in arrays if self.region_dim in dims[name]]
+
     def _append_regions(self, ds: xr.Dataset) -> None:
-        """Append the regions of skeleton ``ds`` that the store does not have yet."""
-        have = set(self.open()[self.region_dim].values.tolist())
-        new = [i for i, label in enumerate(ds[self.region_dim].values.tolist()) if label not in have]
+        """Append the regions of skeleton ``ds`` that the store does not have yet.
+
+        Resizes every array along the region dim in place (attributes untouched), the
+        region labels last; a journal written first lets :meth:`_roll_back` undo an
+        extension that was killed half-way.
+        """
+        have = self._open_dataset()[self.region_dim].values.tolist()
+        new = [i for i, label in enumerate(ds[self.region_dim].values.tolist()) if label not in set(have)]
         if not new:
             return
+        group = _group(self.path, "r+")
+        width = group[self.region_dim].dtype.itemsize // 4
+        too_long = [str(ds[self.region_dim].values[i]) for i in new if len(str(ds[self.region_dim].values[i])) > width]
+        if too_long:
+            raise ValidationError(f"results store {self.path}: {self.region_dim} labels {too_long} are longer than the "
+                                  f"{width} characters this store has room for; write them to a new store")
+        n_old, n_new = len(have), len(have) + len(new)
+        atomic_write_text(self._meta / _JOURNAL, json.dumps({"n": n_old}))
         part = ds.isel({self.region_dim: new})
-        part = part[[v for v in part.data_vars if self.region_dim in part[v].dims]]
-        part = part.drop_vars([c for c in part.coords if self.region_dim not in part[c].dims])
-        with _quiet():
-            part.to_zarr(self.path, append_dim=self.region_dim, compute=False, **_zarr_kwargs())
+        arrays = sorted(self._region_arrays(group), key=lambda t: t[0] == self.region_dim)  # labels last
+        for name, arr, axis in arrays:
+            shape = list(arr.shape)
+            shape[axis] = n_new
+            arr.resize(tuple(shape))
+            if name in part.coords:
+                arr[n_old:n_new] = part[name].values
+        (self._meta / _JOURNAL).unlink()
         log.info("results store %s: added %d %s regions", self.path, len(new), self.region_dim)
+
+    def _roll_back(self) -> None:
+        """Undo an extension that was killed half-way (every region array back to its old length)."""
+        n = int(self._read_json(self._meta / _JOURNAL)["n"])
+        group = _group(self.path, "r+")
+        for _, arr, axis in self._region_arrays(group):
+            shape = list(arr.shape)
+            shape[axis] = n
+            arr.resize(tuple(shape))
+        (self._meta / _JOURNAL).unlink()
+        warnings.warn(f"results store {self.path}: rolled back an extension that was interrupted", stacklevel=2)
 
     # -- regions -----------------------------------------------------------------
     def _marker(self, label: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(label))
         return self._meta / "done" / f"{safe}.json"
 
+    def _marker_info(self, p: Path) -> dict | None:
+        """A marker's content, or None (with a warning) when it is empty or corrupt."""
+        try:
+            info = json.loads(p.read_text(encoding="utf-8"))
+            if isinstance(info, dict) and "label" in info and "hash" in info:
+                return info
+        except FileNotFoundError:
+            return None
+        except (ValueError, UnicodeDecodeError):
+            pass
+        warnings.warn(f"results store {self.path}: done marker {p.name} is empty or corrupt; "
+                      "that region counts as not done and will be redone", stacklevel=3)
+        return None
+
     def done(self, label: str, settings_hash: str | None = None) -> bool:
         """True when region ``label`` was completely written (with these settings)."""
-        m = self._marker(label)
-        if not m.is_file():
+        info = self._marker_info(self._marker(label))
+        if info is None:
             return False
-        info = json.loads(m.read_text())
         if settings_hash is not None and info.get("hash") != settings_hash:
             raise IncompatibleStoreError(
                 f"results store {self.path}: region {label!r} was made with other settings "
@@ -163,15 +385,20 @@ class ResultsStore:
         return True
 
     def done_info(self) -> dict[str, dict]:
+        """The markers of the done regions, by label (temp files and corrupt markers ignored)."""
         d = self._meta / "done"
         if not d.is_dir():
             return {}
-        infos = (json.loads(p.read_text()) for p in sorted(d.glob("*.json")))
-        return {info["label"]: info for info in infos}
+        infos = (self._marker_info(p) for p in sorted(d.glob("[!.]*.json")))
+        return {info["label"]: info for info in infos if info is not None}
+
+    def undo(self, label: str) -> None:
+        """Mark region ``label`` not done (its values are rewritten by the next run)."""
+        self._marker(label).unlink(missing_ok=True)
 
     def write_region(self, label: str, region: xr.Dataset, settings_hash: str, provenance: dict | None = None) -> None:
         """Write one region's values, then mark it done (in that order)."""
-        stored = self.open()
+        stored = self._open_dataset()
         labels = stored[self.region_dim].values.tolist()
         if label not in labels:
             raise ValidationError(f"results store {self.path}: no {self.region_dim} {label!r}")
@@ -184,33 +411,124 @@ class ResultsStore:
         region = region[owned]
         region = region.expand_dims(self.region_dim) if self.region_dim not in region.dims else region
         region = region.drop_vars(list(region.coords), errors="ignore")
-        self._marker(label).unlink(missing_ok=True)
-        with _quiet():
-            region.to_zarr(self.path, region={self.region_dim: slice(i, i + 1)}, mode="r+", **_zarr_kwargs())
-        info = {"label": label, "index": i, "hash": settings_hash, **(provenance or {})}
-        atomic_write_text(self._marker(label), json.dumps(info, default=_jsonable, indent=1))
+        with _os_errors(f"cannot write results store {self.path}",
+                        f"{self.region_dim} {label!r} is not marked done and will be redone when you rerun"):
+            self.undo(label)
+            with _quiet():
+                region.to_zarr(self.path, region={self.region_dim: slice(i, i + 1)}, mode="r+", write_empty_chunks=True,
+                               **_zarr_kwargs())
+            info = {"label": label, "index": i, "hash": settings_hash, **(provenance or {})}
+            atomic_write_text(self._marker(label), json.dumps(info, default=_jsonable, indent=1))
 
-    def open(self) -> xr.Dataset:
+    # -- reading -------------------------------------------------------------------
+    def _check_readable(self) -> None:
         if not self.path.exists():
             raise ValidationError(f"results store {self.path} does not exist")
-        with _quiet():
-            return xr.open_zarr(self.path, **_open_kwargs())
+        if not self.path.is_dir() or not self.exists():
+            raise ValidationError(f"{self.path} is not a brainalign results store (it has no {_META}/layout.json)")
+        if (self._meta / _JOURNAL).is_file():
+            raise DamagedStoreError(f"results store {self.path} was interrupted while new regions were added to it; "
+                                    "run `brainalign run` on its config again to repair it")
+        for p in sorted(self.path.rglob(".z*")):  # zarr v2 metadata: .zgroup, .zattrs, .zarray
+            if p.is_file():
+                self._read_json(p)
+
+    def _open_dataset(self) -> xr.Dataset:
+        try:
+            with _quiet():
+                return xr.open_zarr(self.path, **_open_kwargs())
+        except Exception as exc:  # noqa: BLE001 - zarr/xarray raise many kinds
+            raise DamagedStoreError(f"results store {self.path} cannot be opened: {type(exc).__name__}: {exc}") from exc
+
+    def open(self) -> xr.Dataset:
+        """The store, lazily (checked: metadata readable)."""
+        self._check_readable()
+        return self._open_dataset()
+
+    def missing_chunks(self, labels: list[str] | None = None) -> dict[str, list[str]]:
+        """Chunk files of done regions that are missing, by label (a damaged store).
+
+        Every chunk of a done region is written (even all-NaN ones), so a missing chunk
+        file means the store was damaged after the region was done.
+        """
+
+        labels = list(self.done_info()) if labels is None else labels
+        opened = self._open_dataset()
+        stored = opened[self.region_dim].values.tolist()
+        out: dict[str, list[str]] = {}
+        for name, arr, axis in self._region_arrays(_group(self.path, "r")):
+            if name not in opened.data_vars:  # coordinates are written whole at creation
+                continue
+            sep = json.loads((self.path / name / ".zarray").read_text()).get("dimension_separator", ".")
+            grid = [range(-(-s // c)) for s, c in zip(arr.shape, arr.chunks)]
+            for label in labels:
+                if label not in stored:
+                    continue
+                grid[axis] = [stored.index(label)]
+                for idx in np.ndindex(*[len(g) for g in grid]):
+                    key = sep.join(str(g[k]) for g, k in zip(grid, idx))
+                    if not (self.path / name / key).is_file():
+                        out.setdefault(label, []).append(f"{name}/{key}")
+        return out
 
     def load(self) -> xr.Dataset:
-        """The whole store in memory, with JSON attrs decoded and a ``done`` mask."""
-        with _quiet():
-            ds = self.open().load()
+        """The whole store in memory, with JSON attrs decoded and a ``done`` mask.
+
+        Raises
+        ------
+        DamagedStoreError
+            Naming the file when a metadata file, a chunk or a done region's chunk is
+            missing or cannot be decoded.
+        """
+        ds = self.open()
+        missing = self.missing_chunks()
+        if missing:
+            label, files = next(iter(missing.items()))
+            raise DamagedStoreError(
+                f"results store {self.path} is damaged: chunk file(s) {', '.join(files[:3])} of done {self.region_dim} "
+                f"{label!r} are missing; remove {self._marker(label).relative_to(self.path.parent)} and rerun to redo it"
+            )
+        for name, var in ds.variables.items():
+            try:
+                var.load()
+            except Exception as exc:  # noqa: BLE001 - blosc/zarr decoding errors
+                raise DamagedStoreError(
+                    f"results store {self.path} is damaged: variable {name!r} cannot be read "
+                    f"({type(exc).__name__}: {exc}); {self._bad_chunk(ds, name)}"
+                ) from exc
         ds.attrs = {k: _maybe_json(v) for k, v in ds.attrs.items()}
         done = self.done_info()
         ds.coords["done"] = (self.region_dim, np.array([str(c) in done for c in ds[self.region_dim].values]))
         return ds
 
+    def _bad_chunk(self, ds: xr.Dataset, name: str) -> str:
+        """Which region of ``name`` fails to decode, and what to do about it."""
+        if self.region_dim not in ds[name].dims:
+            return f"the files under {self.path / name} are damaged"
+        for label in ds[self.region_dim].values.tolist():
+            try:
+                ds[name].sel({self.region_dim: label}).load()
+            except Exception:  # noqa: BLE001
+                return (f"its chunk of {self.region_dim} {label!r} is damaged: remove "
+                        f"{self._marker(label).relative_to(self.path.parent)} and rerun to redo it")
+        return f"the files under {self.path / name} are damaged"
+
     def set_attrs(self, **attrs: Any) -> None:
         """Add or replace global attributes (JSON-encoded when not scalar)."""
-        import zarr
 
-        group = zarr.open_group(str(self.path), mode="r+")
-        group.attrs.update({k: json.dumps(v, default=_jsonable) if isinstance(v, (dict, list)) else v for k, v in attrs.items()})
+        group = _group(self.path, "r+")
+        group.attrs.update({k: _encode_attr(v) for k, v in attrs.items()})
+
+
+def _group(path: Path, mode: str):
+    """The store's root zarr group (zarr-python's own API, for in-place changes)."""
+    import zarr
+
+    return zarr.open_group(str(path), mode=mode, **{k: v for k, v in _zarr_kwargs().items() if k == "zarr_format"})
+
+
+def _encode_attr(v: Any) -> Any:
+    return json.dumps(v, default=_jsonable) if isinstance(v, (dict, list)) else v
 
 
 def _jsonable(o: Any) -> Any:
