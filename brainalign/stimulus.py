@@ -357,6 +357,30 @@ class Space:
             return np.array(["L"] * nl + ["R"] * nr)
         return np.full(self.n_targets, "", dtype="<U1")
 
+    def check_hemispheres(self, counts: Sequence[int], sources: Sequence[str]) -> None:
+        """Raise unless a (left, right) pair of files has this surface's vertices per hemisphere.
+
+        A pair with the right total but the split in the wrong place (10,000 + 10,484
+        for fsaverage5's 10,242 + 10,242) would put right-hemisphere vertices on the
+        left; each file is checked on its own.
+
+        Parameters
+        ----------
+        counts : (int, int)
+            Vertices in the left and the right file.
+        sources : (str, str)
+            The two files, for the message.
+        """
+        if self.kind != "surface":
+            return
+        for hemi, n, want, src in zip(("left", "right"), counts, self.hemi_sizes, sources):
+            if int(n) != int(want):
+                raise ValidationError(
+                    f"{src}: the {hemi} hemisphere has {int(n)} vertices but space {self.name} has {int(want)} per "
+                    f"hemisphere (the pair has {int(sum(counts))}, {self.name} {self.n_targets}); "
+                    "give the files of this space, [left, right]"
+                )
+
     def check(self, data: np.ndarray, where: str = "data") -> None:
         """Raise if ``data``'s last axis does not have this space's number of targets."""
         if np.shape(data)[-1] != self.n_targets:

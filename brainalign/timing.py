@@ -9,6 +9,7 @@ by story, never by TR.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -31,7 +32,19 @@ __all__ = [
     "word_rate",
     "phoneme_rate",
     "downsample_story",
+    "words_after_scan",
+    "check_words_in_scan",
+    "LATE_WORDS_FRACTION",
+    "LATE_WORDS_SECONDS",
 ]
+
+log = logging.getLogger(__name__)
+
+#: a story is refused when more than this fraction of its words, spanning more than
+#: :data:`LATE_WORDS_SECONDS`, come after its scan (a transcript of a longer recording,
+#: or of another story); fewer late words are a warning
+LATE_WORDS_FRACTION = 0.05
+LATE_WORDS_SECONDS = 10.0
 
 
 def lanczos_kernel(x: np.ndarray, window: int = 3) -> np.ndarray:
@@ -318,3 +331,82 @@ def downsample_story(story: Story, values: np.ndarray, window: int = 3, matrix: 
     if not np.all(np.isfinite(values)):
         raise ValidationError(f"story {story.name!r}: word features contain NaN or inf")
     return np.asarray(matrix @ np.asarray(values, dtype=np.float64))
+
+
+def words_after_scan(story: Story, window: int = 3) -> tuple[int, float]:
+    """Words of ``story`` that reach no TR, and the time after which a word reaches none.
+
+    Word features go to the TR grid through a ``window``-lobe Lanczos kernel, which is
+    zero farther than ``window`` TRs from a TR time: a word (at its midpoint) later than
+    ``tr_times[-1] + window * tr`` enters no row, its features are dropped.
+
+    Returns
+    -------
+    n_late : int
+        Words after that time.
+    reach : float
+        ``tr_times[-1] + window * tr``, seconds from sound onset.
+    """
+    reach = float(story.tr_times[-1] + window * story.tr)
+    n_late = int(story.n_words - np.searchsorted(story.word_times, reach, side="right"))
+    return n_late, reach
+
+
+def check_words_in_scan(
+    stories: Sequence[Story], window: int = 3, where: str = "", warn: bool = True
+) -> dict[str, int]:
+    """Refuse stories whose transcripts run well past their scans; warn about a few late words.
+
+    A story fails when more than :data:`LATE_WORDS_FRACTION` of its words, spanning more
+    than :data:`LATE_WORDS_SECONDS`, come after its scan (:func:`words_after_scan`):
+    their features would be dropped silently, and such a transcript is usually not the
+    one of these responses (a longer recording, another story, a wrong TR or onset).
+    Fewer late words (the end of a story trimmed off with its last TRs) are logged as
+    one warning.
+
+    Parameters
+    ----------
+    stories : sequence of Story
+    window : int
+        Lanczos lobes of the resampling.
+    where : str
+        Prefix of the messages (a dataset's name).
+    warn : bool
+        Log the warning about a few late words (off where it was given already).
+
+    Returns
+    -------
+    dict
+        story name -> number of late words, for the stories that have some.
+
+    Raises
+    ------
+    ValidationError
+        Naming each failing story (and its transcript file) with the counts and times.
+    """
+    late, bad = {}, []
+    for st in stories:
+        n_late, reach = words_after_scan(st, window)
+        if n_late == 0:
+            continue
+        late[st.name] = n_late
+        end = float(st.word_times[-1])
+        first_late = float(st.word_times[st.n_words - n_late])
+        if n_late > LATE_WORDS_FRACTION * st.n_words and end - first_late > LATE_WORDS_SECONDS:
+            src = f" ({st.source})" if st.source else ""
+            bad.append(
+                f"story {st.name!r}{src}: {n_late} of its {st.n_words} words ({100 * n_late / st.n_words:.0f}%) "
+                f"come after the scan: the transcript ends at {end:.1f} s but the last of its {st.n_trs} TRs is at "
+                f"{float(st.tr_times[-1]):.1f} s, and words after {reach:.1f} s reach no TR"
+            )
+    prefix = f"{where}: " if where else ""
+    if bad:
+        raise ValidationError(
+            prefix + "; ".join(bad) + ". Is this the transcript of these responses (and are the TR and onset right)?"
+        )
+    if late and warn:
+        log.warning(
+            "%swords after the end of the scan reach no TR and are left out of the features: %s",
+            prefix, ", ".join(f"{n} of {k!r}" for k, n in late.items()),
+        )
+    return late

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -11,9 +12,12 @@ import numpy as np
 
 from ..errors import ValidationError
 from ..stimulus import Responses, Space, Story
-from ..timing import zscore_per_story
+from ..timing import check_words_in_scan, zscore_per_story
 
 __all__ = ["Dataset", "response_cache_bytes"]
+
+# stories whose words were checked against their scans (a subset of a dataset does not warn again)
+_checked_stories: "weakref.WeakSet[Story]" = weakref.WeakSet()
 
 
 def response_cache_bytes() -> int:
@@ -41,7 +45,9 @@ class Dataset:
     name : str
         Dataset name (``"lebel2023"``, ``"narratives"``, ``"simulated"``...).
     stories : sequence of Story
-        Every story any selected subject heard, in a fixed order.
+        Every story any selected subject heard, in a fixed order. A story whose words
+        run well past its scan is refused, a few late words are a warning
+        (:func:`~brainalign.timing.check_words_in_scan`).
     subjects : sequence of str
     spaces : Space or mapping subject -> Space
         Where each subject's targets live.
@@ -75,6 +81,9 @@ class Dataset:
             if s.name in self.stories:
                 raise ValidationError(f"dataset {name!r}: story {s.name!r} appears twice")
             self.stories[s.name] = s
+        unchecked = [s for s in self.stories.values() if s not in _checked_stories]
+        check_words_in_scan(unchecked, where=f"dataset {name!r}")
+        _checked_stories.update(unchecked)
         self.subjects = list(subjects)
         if not self.subjects:
             raise ValidationError(f"dataset {name!r}: no subjects")

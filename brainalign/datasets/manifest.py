@@ -97,10 +97,38 @@ def _read_csv_words(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
         raise ValidationError(f"{p}: onset/offset must be numbers ({exc})") from exc
 
 
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    """Shape of a ``.npy`` file from its header, refusing files that hold Python objects.
+
+    Raises
+    ------
+    ValidationError
+        ``path`` is not a ``.npy`` file, or its array has an object dtype (pickled
+        Python objects, which brainalign never unpickles).
+    """
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    except ValueError as exc:
+        raise ValidationError(f"{path}: not a readable .npy file ({exc})") from exc
+    if dtype.hasobject:
+        raise ValidationError(
+            f"{path}: holds Python objects (dtype {dtype}, shape {shape}), not numbers; brainalign never "
+            "unpickles data files. Save the responses as one numeric array (TRs x targets) instead: "
+            "np.save(path, np.asarray(data, dtype=np.float32), allow_pickle=False)"
+        )
+    return tuple(int(n) for n in shape)
+
+
 class _File:
     """One response source: header (rows, targets) without reading, and the data."""
 
-    def __init__(self, spec: str | list[str], base: Path, mask: np.ndarray | None, where: str):
+    def __init__(self, spec: str | list[str], base: Path, mask: np.ndarray | None, where: str,
+                 space: Space | None = None):
         self.paths = [base / s for s in ([spec] if isinstance(spec, str) else spec)]
         self.mask, self.where = mask, where
         first = self.paths[0].name
@@ -122,6 +150,15 @@ class _File:
             raise ValidationError(f"{where}: {first}: unsupported response format (.npy, .hf5, .func.gii pair, .nii.gz)")
         for p in self.paths:
             check_data_file(p, what="response file")
+        if self.kind == "gii":
+            from .narratives import _gifti_header
+
+            (n_left, v_left), (n_right, v_right) = (_gifti_header(p) for p in self.paths)
+            if n_left != n_right:
+                raise ValidationError(f"{self.paths[1]}: has {n_right} TRs but {self.paths[0]} has {n_left}")
+            if space is not None:
+                space.check_hemispheres((v_left, v_right), [str(p) for p in self.paths])
+            self._gii_rows = n_left
 
     @property
     def source(self) -> str:
@@ -130,16 +167,17 @@ class _File:
     def n_rows(self) -> int:
         p = self.paths[0]
         if self.kind == "npy":
-            return int(np.load(p, mmap_mode="r", allow_pickle=False).shape[0])
+            shape = _npy_shape(p)
+            if not shape:
+                raise ValidationError(f"{p}: holds a single number; responses must be 2-D (TRs x targets)")
+            return shape[0]
         if self.kind == "hf5":
             import h5py
 
             with h5py.File(p, "r") as f:
                 return int(f[self._key(f, p)].shape[0])
         if self.kind == "gii":
-            from .narratives import _gifti_header
-
-            return _gifti_header(p)[0]
+            return self._gii_rows
         import nibabel as nib
 
         shape = nib.load(str(p)).shape
@@ -159,6 +197,7 @@ class _File:
     def read(self) -> np.ndarray:
         p = self.paths[0]
         if self.kind == "npy":
+            _npy_shape(p)
             return np.load(p, allow_pickle=False)
         if self.kind == "hf5":
             import h5py
@@ -212,7 +251,7 @@ def load(root: str | os.PathLike | None, subjects: list[str] | None = None) -> D
         for story, spec in m.subjects[subj].items():
             if story not in m.stories:
                 raise ValidationError(f"{where('subjects', subj, story)}: story {story!r} is not listed under stories:")
-            files[(subj, story)] = _File(spec, base, mask, where("subjects", subj, story))
+            files[(subj, story)] = _File(spec, base, mask, where("subjects", subj, story), space)
     story_objs: list[Story] = []
     for name, spec in m.stories.items():
         have = [f for (s, st), f in files.items() if st == name]

@@ -304,8 +304,10 @@ def load(
                     np.mean(np.stack([one(p) for p in parts]), axis=0)).astype(np.float32)
             sources[(subj, task)] = ", ".join(str(p[0][0]) for p in parts)
             _, _, nl, nr = meta[runs[0]]
-            sp_ = Space.fsaverage(space) if space in FSAVERAGE_SIZES and FSAVERAGE_SIZES[space] == nl == nr else Space(
-                space, "surface", (nl, nr))
+            # the file names say which surface: each hemisphere of each run must match it
+            sp_ = Space.fsaverage(space) if space in FSAVERAGE_SIZES else Space(space, "surface", (nl, nr))
+            for k in runs:
+                sp_.check_hemispheres(meta[k][2:], [str(p) for p in kept[k]])
             if subj in spaces and spaces[subj] != sp_:
                 raise ValidationError(f"{sources[(subj, task)]}: vertex counts differ from {subj}'s other scans")
             spaces[subj] = sp_

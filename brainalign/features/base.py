@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ValidationError
 from ..stimulus import Story
-from ..timing import Delayer, lanczos_matrix, zscore_per_story
+from ..timing import Delayer, check_words_in_scan, lanczos_matrix, zscore_per_story
 
 __all__ = ["WordFeatures", "design"]
 
@@ -91,7 +91,14 @@ def design(
 
     ``features`` is a :class:`WordFeatures` (then ``layer`` is required) or any
     callable ``story_name -> (n_words x d)`` array.
+
+    Raises
+    ------
+    ValidationError
+        A story whose words run well past its TR grid (they would reach no TR;
+        :func:`~brainalign.timing.check_words_in_scan`), or features of the wrong shape.
     """
+    check_words_in_scan(stories, window=window, warn=False)
     if isinstance(features, WordFeatures):
         if layer is None:
             raise ValidationError("design(): layer= is required with WordFeatures")

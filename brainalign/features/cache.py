@@ -12,10 +12,19 @@ Layout (under ``brainalign.config.cache_dir() / "features"``)::
   versions. ``settings.json`` beside it spells them out.
 * ``<words-hash>``: hash of the story's words, so an edited transcript is a new entry.
 * ``<commit>``: the resolved commit hash (hub) or a fingerprint of the checkpoint's files
-  (local folders), so a branch that moved, or a folder that was overwritten, is a new
-  entry (and features already handed out keep reading the old one). When the commit
-  cannot be resolved (offline, not in the hub cache) the newest entry of the revision
-  is used.
+  (local folders, :func:`path_fingerprint`), so a branch that moved, or a folder that was
+  overwritten, is a new entry (and features already handed out keep reading the old
+  one). When the commit cannot be resolved (offline, not in the hub cache) the newest
+  entry of the revision is used.
+* a tokenizer given by path enters ``<settings-hash>`` through the same content-sensitive
+  :func:`path_fingerprint` of its files, so an edited ``tokenizer.json`` is a new entry.
+
+Local files are keyed by name, size, mtime, inode number and inode change time
+(``st_ctime_ns``, which no call can set back: every write, rename, copy or ``utime``
+moves it to now), and files under :data:`HASH_MAX_BYTES` (configs, tokenizers) also by a blake2b
+hash of their bytes. Weights replaced with their size and mtime kept (``cp -p``,
+``rsync -a``, ``tar x``) are therefore a new entry, and keying a multi-GB checkpoint
+costs a few ``stat`` calls, never a read of its weights.
 
 Writes are atomic (temp file + ``os.replace``); ``meta.json`` is replaced last, so an
 interrupted write leaves at most unreferenced layer files, never an entry that looks
@@ -40,7 +49,8 @@ from .. import config
 from .._io import atomic_save_npy, atomic_write_bytes
 from .._version import __version__
 
-__all__ = ["FeatureCache", "StoryEntry", "CACHE_FORMAT", "slug", "digest"]
+__all__ = ["FeatureCache", "StoryEntry", "CACHE_FORMAT", "HASH_MAX_BYTES", "slug", "digest", "path_fingerprint",
+           "tokenizer_key"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +67,101 @@ def slug(name: str) -> str:
     """A file-system-safe name."""
     s = re.sub(r"[^A-Za-z0-9._=+-]+", "-", str(name).replace("/", "--")).strip("-.")
     return s or "_"
+
+
+#: local files smaller than this are keyed by a hash of their bytes as well as their
+#: stat fields; larger ones (weights) by their stat fields only
+HASH_MAX_BYTES = 64 * 2**20
+
+#: tokenizer files beside a model (what ``AutoTokenizer.from_pretrained`` reads)
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
+)
+
+# (path, size, mtime, inode, ctime) -> content hash: a file is read once per process
+# while it stays unchanged
+_content_hashes: dict[tuple, str] = {}
+
+
+def _content_hash(path: Path, stat_key: tuple) -> str:
+    key = (str(path),) + stat_key
+    hit = _content_hashes.get(key)
+    if hit is None:
+        h = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        hit = _content_hashes[key] = h.hexdigest()
+    return hit
+
+
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    stat_key = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    key = f"{path.name}:" + ":".join(str(v) for v in stat_key)
+    if st.st_size < HASH_MAX_BYTES:
+        key += ":" + _content_hash(path, stat_key)
+    return key
+
+
+def path_fingerprint(path: str | os.PathLike, names: Sequence[str] | None = None) -> str:
+    """A short key of a local file, or of the files directly in a folder, that changes with their content.
+
+    Each file is keyed by its name, size, mtime, inode number and inode change time
+    (``st_ctime_ns``: no call can set it back; every write, rename, copy or
+    ``os.utime`` moves it to now), and, when smaller than :data:`HASH_MAX_BYTES`, by a blake2b
+    hash of its bytes. Symlinks are followed (a hub snapshot links to its blobs).
+
+    Parameters
+    ----------
+    path : path
+        A file, or a folder (its files, not its sub-folders).
+    names : sequence of str, optional
+        Only these file names of a folder (looked up directly, the folder is not listed).
+
+    Returns
+    -------
+    str
+        16 hex digits; ``"missing"`` when ``path`` does not exist.
+    """
+    p = Path(path).expanduser()
+    if p.is_file():
+        keys = [_file_key(p)]
+    elif p.is_dir():
+        candidates = p.iterdir() if names is None else (p / n for n in names)
+        files = sorted(f for f in candidates if f.is_file())
+        keys = [_file_key(f) for f in files]
+    else:
+        return "missing"
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+
+
+def tokenizer_key(tokenizer: Any) -> str | None:
+    """What identifies a tokenizer in the cache key.
+
+    ``None`` (the model's own tokenizer, covered by the checkpoint's fingerprint) stays
+    ``None``; a path is its name plus :func:`path_fingerprint` of its files; a hub id is
+    its name; a tokenizer object is its ``name_or_path`` plus a hash of its full
+    serialised state (fast tokenizers), so two different in-memory tokenizers never
+    share features.
+    """
+    if tokenizer is None:
+        return None
+    if isinstance(tokenizer, (str, os.PathLike)):
+        return _tokenizer_path_key(str(tokenizer))
+    name = str(getattr(tokenizer, "name_or_path", "") or "")
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = backend.to_str() + json.dumps(getattr(tokenizer, "special_tokens_map", {}), sort_keys=True, default=str)
+        return f"{name}#{hashlib.blake2b(state.encode(), digest_size=16).hexdigest()}"
+    return _tokenizer_path_key(name) if name else type(tokenizer).__name__
+
+
+def _tokenizer_path_key(name: str) -> str:
+    if name.strip() and "#" not in name and Path(name).expanduser().exists():
+        return f"{name}#{path_fingerprint(name)}"
+    return name
 
 
 def model_key(model: str) -> str:
@@ -150,6 +255,9 @@ class FeatureCache:
         self, model: str, revision: str | None, settings: Mapping[str, Any], commit: str | None = None
     ) -> Path:
         full = dict(settings, package_version=__version__, cache_format=CACHE_FORMAT)
+        tok = full.get("tokenizer")
+        if isinstance(tok, str):  # a tokenizer given by path: key it by its files' content
+            full["tokenizer"] = _tokenizer_path_key(tok)
         rev = self.root / model_key(model) / slug(revision or "default")
         return rev / slug(commit or "unknown") / digest(full)
 

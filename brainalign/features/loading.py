@@ -76,12 +76,16 @@ class ModelSource:
 
 
 def _fingerprint(folder: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(folder.iterdir()):
-        if f.is_file():
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return "local-" + h.hexdigest()[:16]
+    """Key of a local checkpoint that changes with its files' content.
+
+    The folder's files (:func:`~brainalign.features.cache.path_fingerprint`: stat fields
+    including inode and ctime, plus a content hash of small files), and the tokenizer
+    files of its parent, where a Trainer checkpoint's tokenizer is read from.
+    """
+    from .cache import TOKENIZER_FILES, path_fingerprint
+
+    key = path_fingerprint(folder) + path_fingerprint(folder.parent, names=TOKENIZER_FILES)
+    return "local-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _offline() -> bool:

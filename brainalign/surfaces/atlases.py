@@ -357,14 +357,34 @@ def _combine_hemis(
     return np.concatenate(out_labels), names
 
 
-def _read_annot_pair(lh: Path, rh: Path, name: str, skip: Sequence[str] = ()) -> Atlas:
+def _pair_space(left: Path, right: Path, counts: tuple[int, int], space: "str | Space") -> str:
+    """The fsaverage level of a (left, right) pair of atlas files, from each file's vertex count.
+
+    Each file must have the vertices of one hemisphere of an fsaverage level (the atlas
+    is resampled to ``space`` afterwards), both the same level.
+    """
+    for path, n in zip((left, right), counts):
+        if n not in FSAVERAGE_SIZES.values():
+            want = _space_name(space)
+            raise ValidationError(
+                f"{path}: has {n} vertices, but {want} has {FSAVERAGE_SIZES[want]} per hemisphere "
+                f"(a hemisphere of another fsaverage level, resampled to {want}, is also accepted: "
+                + ", ".join(str(v) for v in sorted(set(FSAVERAGE_SIZES.values())))
+                + " vertices)"
+            )
+    if counts[0] != counts[1]:
+        raise ValidationError(f"{left} has {counts[0]} vertices but {right} has {counts[1]}: not one surface")
+    return space_of_size(2 * counts[0])
+
+
+def _read_annot_pair(
+    lh: Path, rh: Path, name: str, skip: Sequence[str] = (), space: "str | Space" = "fsaverage5"
+) -> Atlas:
     ll, ln = _read_annot(lh)
     rl, rn = _read_annot(rh)
-    if len(ll) != len(rl):
-        raise ValidationError(f"{lh} has {len(ll)} vertices but {rh} has {len(rl)}")
+    level = _pair_space(lh, rh, (len(ll), len(rl)), space)
     labels, names = _combine_hemis((ll, dict(enumerate(ln))), (rl, dict(enumerate(rn))), skip)
-    space = space_of_size(len(labels))
-    return Atlas(name, space, labels, names, f"FreeSurfer annotation {lh.name} + {rh.name}.")
+    return Atlas(name, level, labels, names, f"FreeSurfer annotation {lh.name} + {rh.name}.")
 
 
 def _other_hemi(path: Path) -> Path | None:
@@ -397,13 +417,14 @@ def _from_paths(paths: Sequence[Path], space: "str | Space", names: Mapping[int,
     if len(paths) != 2:
         raise ValidationError(f"a surface atlas is two files (left, right), got {len(paths)}")
     if paths[0].suffix == ".annot":
-        atlas = _read_annot_pair(paths[0], paths[1], name=nm)
+        atlas = _read_annot_pair(paths[0], paths[1], name=nm, space=space)
     elif suffixes.endswith(".gii") or suffixes.endswith(".gii.gz"):
         left, right = _read_label_gifti(paths[0]), _read_label_gifti(paths[1])
+        level = _pair_space(paths[0], paths[1], (len(left[0]), len(right[0])), space)
         if names:
             left, right = (left[0], {**left[1], **names}), (right[0], {**right[1], **names})
         labels, nms = _combine_hemis(left, right, skip=())
-        atlas = Atlas(nm, space_of_size(len(labels)), labels, nms, f"label GIfTI {paths[0].name} + {paths[1].name}.")
+        atlas = Atlas(nm, level, labels, nms, f"label GIfTI {paths[0].name} + {paths[1].name}.")
     else:
         raise ValidationError(f"{paths[0]}: unknown atlas format (want .annot, .label, .label.gii or a NIfTI label volume)")
     return _on_space(atlas, space)
