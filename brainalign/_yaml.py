@@ -16,7 +16,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from .errors import ValidationError, check_data_file
 
-__all__ = ["StrictModel", "line_of", "read_yaml_model"]
+__all__ = ["StrictModel", "UniqueKeyLoader", "line_of", "parse_yaml", "read_text_utf8", "read_yaml_model"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -25,6 +25,72 @@ class StrictModel(BaseModel):
     """A pydantic model that refuses unknown keys."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A ``yaml.SafeLoader`` that refuses a key given twice in one mapping.
+
+    Plain PyYAML keeps the last value of a repeated key without a word, so a setting
+    written twice silently loses one of its values. Merge keys (``<<: *anchor``) may
+    still be overridden, as YAML intends.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"key {key!r} is given twice in the same mapping, on line {first.start_mark.line + 1} "
+                    f"and on line {key_node.start_mark.line + 1}; keep one",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> tuple[Any, yaml.Node | None]:
+    """(data, node tree) of a YAML document, refusing duplicate keys (:class:`UniqueKeyLoader`).
+
+    The node tree gives line numbers (:func:`line_of`); both are None for an empty document.
+
+    Raises
+    ------
+    yaml.YAMLError
+        Not valid YAML, or a key given twice in one mapping.
+    """
+    loader = UniqueKeyLoader(text)
+    try:
+        root = loader.get_single_node()
+        return (loader.construct_document(root) if root is not None else None), root
+    finally:
+        loader.dispose()
+
+
+def read_text_utf8(path: str | os.PathLike, name: str | None = None) -> str:
+    """The text of ``path``, decoded as UTF-8.
+
+    Raises
+    ------
+    ValidationError
+        The file is not UTF-8 text; the message names the file, the line and the byte offset
+        of the first bad byte.
+    """
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ValidationError(
+            f"{name or path}, line {line} (byte {exc.start}): not UTF-8 text ({exc.reason}, byte "
+            f"0x{raw[exc.start]:02x}); save the file as UTF-8"
+        ) from None
 
 
 def line_of(node: yaml.Node | None, loc: tuple) -> int | None:
@@ -70,9 +136,9 @@ def read_yaml_model(source: str | os.PathLike | dict, model: type[M], what: str)
     else:
         path = check_data_file(source, what=what)
         name = str(path)
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_text_utf8(path, name)
         try:
-            data, root = yaml.safe_load(text), yaml.compose(text)
+            data, root = parse_yaml(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f", line {mark.line + 1}" if mark else ""
@@ -87,6 +153,11 @@ def read_yaml_model(source: str | os.PathLike | dict, model: type[M], what: str)
             loc = tuple(p for p in err["loc"] if not _is_union_tag(p))
             key = ".".join(str(p) for p in loc) or "(top level)"
             line = line_of(root, loc)
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            elif err["type"] == "value_error":  # our own validators: their message, without "Value error, "
+                msg = str(err.get("ctx", {}).get("error", err["msg"]))
+            else:
+                msg = err["msg"]
             lines.append(f"{name}, line {line}: {key}: {msg}" if line else f"{name}: {key}: {msg}")
         raise ValidationError(f"invalid {what}:\n  " + "\n  ".join(dict.fromkeys(lines))) from None

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -63,9 +64,26 @@ def load(
     if name == "simulated":
         from .simulated import simulate as _simulate
 
+        _check_options(name, _simulate, options)
         ds = _simulate(**options)
         return ds.subset(list(subjects)) if subjects is not None else ds
-    return _module(name).load(root, subjects=subjects, **options)
+    adapter = _module(name).load
+    _check_options(name, adapter, options, taken=("root", "subjects"))
+    return adapter(root, subjects=subjects, **options)
+
+
+def _check_options(name: str, func, options: dict[str, Any], taken: Sequence[str] = ()) -> None:
+    """Raise a :class:`ValidationError` naming the ``options`` that ``func`` does not take."""
+    params = inspect.signature(func).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [k for k, p in params.items() if k not in taken and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        raise ValidationError(
+            f"dataset {name!r}: unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"it accepts: {', '.join(accepted) or 'no options'}"
+        )
 
 
 def simulate(*args: Any, **kwargs: Any):

@@ -483,6 +483,13 @@ def simulate(
     SimulatedDataset
         With ``.ground_truth`` (:class:`GroundTruth`).
     """
+    for opt, value in (("n_subjects", n_subjects), ("n_repeats", n_repeats), ("n_rois", n_rois),
+                       ("n_components", n_components), ("smoothing", smoothing), ("seed", seed)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise ValidationError(f"{opt} must be an integer, got {value!r}")
+    for opt, value in (("snr", snr), ("roi_radius", roi_radius), ("roi_jitter", roi_jitter), ("ar", ar), ("tr", tr)):
+        if value is not None and (not isinstance(value, (int, float, np.number)) or isinstance(value, bool)):
+            raise ValidationError(f"{opt} must be a number, got {value!r}")
     if n_subjects < 1:
         raise ValidationError(f"n_subjects must be >= 1, got {n_subjects}")
     if not snr > 0:
@@ -491,6 +498,11 @@ def simulate(
         raise ValidationError(f"ar must be in [0, 1), got {ar}")
     if n_components < 1:
         raise ValidationError(f"n_components must be >= 1, got {n_components}")
+    for opt, value in (("n_rois", n_rois), ("n_repeats", n_repeats), ("smoothing", smoothing)):
+        if value < 0:
+            raise ValidationError(f"{opt} must be >= 0, got {value}")
+    if not roi_radius > 0 or not roi_jitter >= 0:
+        raise ValidationError(f"roi_radius must be positive and roi_jitter >= 0, got {roi_radius} and {roi_jitter}")
     tr = float(tr if tr is not None else (2.0 if grid == "lebel" else 1.5))
     all_names = story_names()
     if test_story not in all_names:

@@ -126,22 +126,48 @@ def read_lm_eval(
             name = f.stem
             log.info("%s: no revision in config.model_args; using the file name %r as checkpoint", f, name)
         step, tok = _training_axis(name, tokens, tokens_per_step)
+        n_rows = len(rows)
         for task, res in data["results"].items():
             if not isinstance(res, Mapping):
                 continue
             for key, value in res.items():
                 metric, _, filt = key.partition(",")
-                if "_stderr" in metric or metric == "alias" or not isinstance(value, (int, float)) or isinstance(value, bool):
+                if "_stderr" in metric or metric == "alias":
                     continue
+                value = _number(value)
+                if value is None:
+                    continue
+                if isinstance(value, str):
+                    raise ValidationError(f"{f}: task {task!r}, metric {key!r}: value {value!r} is not a number")
                 se_key = f"{metric}_stderr,{filt}" if filt else f"{metric}_stderr"
-                se = res.get(se_key)
+                se = _number(res.get(se_key))
                 label = metric if filt in ("", "none") else f"{metric},{filt}"
                 rows.append({
-                    "checkpoint": name, "task": task, "metric": label, "value": float(value),
-                    "stderr": float(se) if isinstance(se, (int, float)) else np.nan,
+                    "checkpoint": name, "task": task, "metric": label, "value": value,
+                    "stderr": se if isinstance(se, float) else np.nan,  # lm-eval writes "N/A" when unknown
                     "step": step, "tokens": tok, "source": str(f),
                 })
+        if len(rows) == n_rows:
+            raise ValidationError(
+                f"lm-evaluation-harness result {f} holds no metric values "
+                f"('results' is {'empty' if not data['results'] else 'without numbers'})"
+            )
     return pd.DataFrame(rows, columns=_COLUMNS)
+
+
+def _number(value: Any) -> float | str | None:
+    """A metric value as a float; a string that is no number as is; None for anything else
+    (booleans, lists, nested dicts, null)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return None
 
 
 def read_downstream_csv(

@@ -20,7 +20,7 @@ from ..stimulus import Story
 from .align import Alignment, align_words, special_tokens
 from .base import WordFeatures, design
 from .cache import FeatureCache, StoryEntry
-from .loading import load_model, resolve_device, resolve_source
+from .loading import check_device, load_model, resolve_device, resolve_source
 from .revisions import parse_revision
 from .windows import Window, causal_windows, encoder_windows, tokens_processed
 
@@ -272,7 +272,8 @@ def extract(
     batch_size : int, optional
         Windows per forward pass (default 16 on GPU, 4 on CPU).
     device, dtype : "auto" or explicit
-        "auto": CUDA with bfloat16 when available, else CPU float32.
+        "auto": CUDA with bfloat16 when available, else CPU float32. A device is one of
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` (or a ``torch.device`` of these).
     cache : bool, path or FeatureCache
         Use the on-disk feature cache (default location ``cache_dir()/features``).
     stride : int, optional
@@ -309,6 +310,7 @@ def extract(
     dataset = dataset_name or (getattr(source, "name", None) if hasattr(source, "stories") else None) or "stories"
     if word_state not in WORD_STATES:
         raise ValidationError(f"word_state must be one of {WORD_STATES}, got {word_state!r}")
+    check_device(device)
     if cache_dtype not in ("float32", "float16"):
         raise ValidationError(f"cache_dtype must be 'float32' or 'float16', got {cache_dtype!r}")
     if not isinstance(context_tokens, (int, np.integer)) or context_tokens < 2:

@@ -18,11 +18,20 @@ from typing import Any
 
 from ..errors import DataNotFoundError, ValidationError
 
-__all__ = ["ModelSource", "resolve_source", "minilm_path", "load_model", "resolve_device", "release"]
+__all__ = [
+    "ModelSource", "resolve_source", "minilm_path", "load_model", "resolve_device", "release",
+    "looks_like_path", "check_model_name", "check_device",
+]
 
 log = logging.getLogger(__name__)
 
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+#: files ``save_pretrained`` of a tokenizer writes (one is enough to say a folder has one)
+_TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "merges.txt",
+    "spiece.model", "tokenizer.model", "sentencepiece.bpe.model",
+)
 
 #: model types loaded through AutoModel and fed left context only
 ENCODER_TYPES = {
@@ -120,6 +129,49 @@ def resolve_commit(model: str, revision: str | None, cache_dir: str | os.PathLik
         return None
 
 
+def looks_like_path(name: str | os.PathLike) -> bool:
+    """True when ``name`` is meant as a local folder, not a hub id (``org/name``).
+
+    A path starts with ``/``, ``.`` or ``~``, holds more than one ``/`` or holds a
+    Windows separator (``\\``); a hub id holds none of these.
+    """
+    s = str(name)
+    return s.startswith(("/", ".", "~")) or s.count("/") > 1 or "\\" in s
+
+
+def _missing_folder(name: str) -> str:
+    p = Path(name).expanduser()
+    where = "" if p.is_absolute() else f" (looked in {p.absolute()})"
+    return f"model folder {name} does not exist{where}"
+
+
+def check_model_name(name: str | os.PathLike) -> str:
+    """Return ``name`` if it is an existing folder or could be a hub id.
+
+    Raises
+    ------
+    ValidationError
+        ``name`` looks like a path (:func:`looks_like_path`) but no such folder exists.
+    """
+    if looks_like_path(name) and not Path(str(name)).expanduser().is_dir():
+        raise ValidationError(_missing_folder(str(name)))
+    return name
+
+
+def check_device(device: Any) -> str:
+    """Return ``device`` as a string if it is one of auto, cpu, cuda, cuda:N, mps.
+
+    Raises
+    ------
+    ValidationError
+        For any other device (``"tpu"``, ``"gpu"``, ``"cuda:x"``...).
+    """
+    s = str(device)
+    if not _DEVICE.match(s):
+        raise ValidationError(f"device {s!r} is not one of: auto, cpu, cuda, cuda:N (N a GPU index), mps")
+    return s
+
+
 def resolve_source(
     model: str | os.PathLike, revision: str | None = None, cache_dir: str | os.PathLike | None = None
 ) -> ModelSource:
@@ -135,8 +187,8 @@ def resolve_source(
             raise DataNotFoundError(f"checkpoint folder {folder} has no config.json")
         return ModelSource(str(model), revision, str(folder.resolve()), None, True, _fingerprint(folder), folder.name)
     s = str(model)
-    if s.startswith((".", "/", "~")) or os.sep in s.strip("/").replace("/", "", 1):
-        raise DataNotFoundError(f"model folder {s} does not exist")
+    if looks_like_path(s):
+        raise DataNotFoundError(_missing_folder(s))
     return ModelSource(s, revision, s, revision, False, resolve_commit(s, revision, cache_dir), revision)
 
 
@@ -179,6 +231,34 @@ def model_kind(config, kind: str = "auto") -> str:
     return "causal" if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else "encoder"
 
 
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / f).is_file() for f in _TOKENIZER_FILES)
+
+
+def tokenizer_folder(src: ModelSource) -> str:
+    """Where the tokenizer of ``src`` is: its own folder, or, for a local checkpoint without
+    tokenizer files, the parent folder (HF Trainer saves ``run/checkpoint-500/`` with the
+    config and weights only, the tokenizer being in ``run/``).
+
+    Raises
+    ------
+    DataNotFoundError
+        A local checkpoint whose folder and parent both lack tokenizer files.
+    """
+    if not src.local:
+        return src.load_from
+    folder = Path(src.load_from)
+    if _has_tokenizer(folder):
+        return str(folder)
+    if _has_tokenizer(folder.parent):
+        log.info("checkpoint %s has no tokenizer files; using the tokenizer in %s", folder, folder.parent)
+        return str(folder.parent)
+    raise DataNotFoundError(
+        f"checkpoint folder {folder} has no tokenizer files (such as tokenizer.json or tokenizer_config.json), "
+        f"and neither has its parent {folder.parent}; pass tokenizer= (a folder, hub id or tokenizer)"
+    )
+
+
 def load_model(
     src: ModelSource,
     *,
@@ -216,9 +296,7 @@ def load_model(
     model.to(device).eval()
     tok = tokenizer
     if tok is None or isinstance(tok, (str, os.PathLike)):
-        where = [str(tok)] if tok is not None else [src.load_from]
-        if tok is None and src.local and src.revision:
-            where.append(str(Path(src.load_from).parent))  # Trainer checkpoints may lack one
+        where = [str(tok)] if tok is not None else [tokenizer_folder(src)]
         last = None
         for w in where:
             try:

@@ -3,10 +3,73 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type=``: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse ``type=``: a number that is not NaN or infinite."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    """Validate the config and print what ``brainalign run`` would do, without doing it."""
+    from .config import check_slurm_available, load_config
+    from .run import make_plan, slurm_cluster
+    from .store import ResultsStore
+
+    cfg = load_config(args.config).with_executor(args.executor, args.workers)
+    if cfg.executor.kind == "slurm":
+        check_slurm_available()
+    plan = make_plan(cfg)
+    store = ResultsStore(plan.store_path)
+    resume = store.exists() and not args.force
+    # done() refuses a store made with other settings, as the run would
+    done = {c.label for c in plan.checkpoints if resume and store.done(c.label, plan.settings_hash)}
+    state = "new" if not store.exists() else "exists; --force starts it over" if args.force else "exists; resumes it"
+    print(f"config: {cfg.source}")
+    print(f"store: {plan.store_path} ({state})")
+    print(f"model: {cfg.model.name}")
+    print(f"checkpoints ({len(plan.checkpoints)}, {len(plan.checkpoints) - len(done)} to run):")
+    for c in plan.checkpoints:
+        print(f"  {c.label}" + ("  (done)" if c.label in done else ""))
+    print(f"layers ({len(plan.layers)} of 0..{plan.n_layers}): {', '.join(map(str, plan.layers))}")
+    print(f"subjects ({len(plan.subjects)}): {', '.join(plan.subjects)}")
+    print(f"targets: {plan.n_targets} in {plan.space}; ROIs: {', '.join(plan.rois)}")
+    ex = cfg.executor
+    workers = {"local": "in this process", "dask": f"{ex.workers} Dask workers", "slurm": f"{ex.slurm.jobs} SLURM jobs"}
+    print(f"executor: {ex.kind} ({workers[ex.kind]})")
+    if ex.kind == "slurm":
+        cluster = slurm_cluster(ex)  # starts a Dask scheduler here, submits nothing
+        try:
+            print("SLURM job script:")
+            print(cluster.job_script())
+        finally:
+            cluster.close()
+    print("dry run: nothing was computed or written")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _dry_run(args)
     from .analyze import report
     from .run import run
 
@@ -38,9 +101,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="run config (YAML)")
     p.add_argument("--force", action="store_true", help="discard a store made with other settings and start over")
     p.add_argument("--executor", choices=["local", "dask", "slurm"], help="override executor.kind")
-    p.add_argument("--workers", type=int, help="number of Dask workers (or SLURM jobs)")
+    p.add_argument("--workers", type=positive_int, help="number of Dask workers (or SLURM jobs)")
     p.add_argument("--report", help="where to write the HTML report (default: next to the store)")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML report")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the config and print the plan (and the SLURM job script) without running anything")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("report", help="one self-contained HTML report of a results store")
@@ -54,7 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--layer", type=int, required=True)
     p.add_argument("--subject", help="one subject (default: the subject mean)")
-    p.add_argument("--threshold", type=float, help="hide |score| below this")
+    p.add_argument("--threshold", type=finite_float, help="hide |score| below this")
     p.add_argument("-o", "--output", default="flatmap.png")
     p.set_defaults(func=_flatmap)
 

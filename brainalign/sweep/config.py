@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import numpy as np
 from pydantic import Field, field_validator
+from pydantic import ValidationError as PydanticValidationError
 
 from .._yaml import StrictModel, read_yaml_model
 from ..errors import ValidationError
 
-__all__ = ["RunConfig", "load_config", "config_hash"]
+__all__ = ["RunConfig", "load_config", "config_hash", "check_slurm_available"]
 
 
 class DatasetConfig(StrictModel):
@@ -56,6 +58,13 @@ class ModelConfig(StrictModel):
     training_axis: dict[str, Any] | None = None
     trust_remote_code: bool = False
 
+    @field_validator("name")
+    @classmethod
+    def _folder_exists(cls, v: str) -> str:
+        from ..features.loading import check_model_name  # imported here: brainalign.features is heavy
+
+        return check_model_name(v)
+
 
 class Depths(StrictModel):
     depths: list[float]
@@ -76,6 +85,13 @@ class FeatureConfig(StrictModel):
     word_reduction: Literal["last", "mean"] = "last"
     cache: bool = True
     float16: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        from ..features.loading import check_device
+
+        return check_device(v)
 
 
 class LogSpace(StrictModel):
@@ -154,6 +170,35 @@ class RunConfig(StrictModel):
             raise ValidationError(f"layers: {bad} out of range for a model with {n_layers} layers (0..{n_layers})")
         return sorted(set(self.layers))
 
+    def with_executor(self, kind: str | None = None, workers: int | None = None) -> "RunConfig":
+        """A copy with ``executor.kind`` and ``executor.workers`` replaced, validated.
+
+        ``None`` keeps the config's value. For ``kind="slurm"``, ``workers`` is also the
+        number of SLURM jobs (``executor.slurm.jobs``).
+
+        Raises
+        ------
+        ValidationError
+            Naming the argument: an unknown executor kind, or ``workers`` not a positive integer.
+        """
+        updates = {k: v for k, v in {"kind": kind, "workers": workers}.items() if v is not None}
+        if not updates:
+            return self
+        ex = self.executor.model_dump()
+        ex.update(updates)
+        if workers is not None and ex["kind"] == "slurm":
+            ex["slurm"]["jobs"] = workers
+        try:
+            executor = ExecutorConfig.model_validate(ex)
+        except PydanticValidationError as exc:
+            given = {"kind": ("executor", kind), "workers": ("workers", workers), "slurm": ("workers", workers)}
+            problems = []
+            for err in exc.errors():
+                arg, value = given[str(err["loc"][0])]
+                problems.append(f"{arg}={value!r}: {err['msg']}")
+            raise ValidationError("invalid executor override: " + "; ".join(dict.fromkeys(problems))) from None
+        return self.model_copy(update={"executor": executor})
+
 
 def load_config(path_or_dict: str | Path | dict) -> RunConfig:
     """Read and validate a run config (YAML file or dict).
@@ -166,6 +211,23 @@ def load_config(path_or_dict: str | Path | dict) -> RunConfig:
     cfg, _, source = read_yaml_model(path_or_dict, RunConfig, "run config")
     cfg.source = source
     return cfg
+
+
+def check_slurm_available() -> None:
+    """Check that SLURM jobs can be submitted from this machine (``sbatch`` is on PATH).
+
+    Without it, dask-jobqueue would wait forever for workers that are never submitted.
+
+    Raises
+    ------
+    ValidationError
+        When ``sbatch`` is not found.
+    """
+    if shutil.which("sbatch") is None:
+        raise ValidationError(
+            "executor.kind: slurm needs the `sbatch` command, which is not on PATH on this machine; "
+            "run from a SLURM login node, or use executor kind local or dask"
+        )
 
 
 def config_hash(cfg: RunConfig, parts: tuple[str, ...] = ("dataset", "model", "layers", "features", "encoding", "stats")) -> str:
