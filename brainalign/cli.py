@@ -13,7 +13,7 @@ import logging
 import sys
 
 from ._version import __version__
-from .errors import BrainalignError
+from .errors import BrainalignError, os_error_message
 
 _CLI_MODULES = (
     "brainalign.datasets._cli",
@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except BrainalignError as exc:
         print(f"brainalign: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, read-only, permissions: the path and the reason, not a traceback
+        print(f"brainalign: error: {os_error_message(exc, 'cannot read or write a file')}", file=sys.stderr)
         return 2
 
 

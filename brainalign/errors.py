@@ -6,6 +6,7 @@ user can fix their input without reading a traceback.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -89,3 +90,19 @@ def check_data_file(path: str | os.PathLike, *, what: str = "data file", hint: s
             raise DataNotFoundError(f"{what} {p} is a dangling symlink (-> {os.readlink(p)}).{suffix}")
         raise DataNotFoundError(f"{what} {p} does not exist.{suffix}")
     return p
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.EROFS: "the filesystem is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+def os_error_message(exc: OSError, what: str) -> str:
+    """``what``: the path, and what the OS said in words (for errors users read)."""
+    hint = _OS_HINTS.get(exc.errno, exc.strerror or str(exc))
+    name = exc.filename if exc.filename else ""
+    return f"{what}: {hint}" + (f" ({name})" if name else "") + f" [{errno.errorcode.get(exc.errno, exc.errno)}]"

@@ -19,7 +19,7 @@ from ..errors import ValidationError
 from ..stimulus import Story
 from .align import Alignment, align_words, special_tokens
 from .base import WordFeatures, design
-from .cache import FeatureCache, StoryEntry
+from .cache import FeatureCache, StoryEntry, tokenizer_key
 from .loading import check_device, load_model, resolve_device, resolve_source
 from .revisions import parse_revision
 from .windows import Window, causal_windows, encoder_windows, tokens_processed
@@ -342,7 +342,7 @@ def extract(
         "word_state": word_state,
         "kind": kind,
         "dtype": str(dt).replace("torch.", ""),
-        "tokenizer": None if tokenizer is None else str(getattr(tokenizer, "name_or_path", tokenizer)),
+        "tokenizer": tokenizer_key(tokenizer),
     }
     entries: dict[str, StoryEntry] = {}
     metas: dict[str, dict] = {}

@@ -58,13 +58,6 @@ class ModelConfig(StrictModel):
     training_axis: dict[str, Any] | None = None
     trust_remote_code: bool = False
 
-    @field_validator("name")
-    @classmethod
-    def _folder_exists(cls, v: str) -> str:
-        from ..features.loading import check_model_name  # imported here: brainalign.features is heavy
-
-        return check_model_name(v)
-
 
 class Depths(StrictModel):
     depths: list[float]

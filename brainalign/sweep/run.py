@@ -26,7 +26,7 @@ import xarray as xr
 
 from .._version import __version__
 from ..errors import ValidationError
-from .config import RunConfig, config_hash, load_config
+from .config import RunConfig, check_slurm_available, config_hash, load_config
 from .store import ResultsStore
 
 log = logging.getLogger(__name__)
@@ -230,7 +230,13 @@ def make_plan(config: RunConfig | str | Path | dict) -> Plan:
     """
     from .. import rois
 
+    from ..features.loading import check_model_name
+
     cfg = config if isinstance(config, RunConfig) else load_config(config)
+    try:
+        check_model_name(cfg.model.name)
+    except ValidationError as exc:
+        raise ValidationError(f"{cfg.source + ': ' if cfg.source else ''}model.name: {exc}") from None
     ds = _dataset(cfg)
     subjects = cfg.dataset.subjects or list(ds.subjects)
     unknown = [s for s in subjects if s not in ds.subjects]
@@ -559,10 +565,9 @@ def run(
     workers : number of Dask workers (overrides the config).
     client : an existing ``distributed.Client`` to run on.
     """
-    cfg = config if isinstance(config, RunConfig) else load_config(config)
-    if executor is not None or workers is not None:
-        ex = cfg.executor.model_copy(update={k: v for k, v in {"kind": executor, "workers": workers}.items() if v is not None})
-        cfg = cfg.model_copy(update={"executor": ex})
+    cfg = (config if isinstance(config, RunConfig) else load_config(config)).with_executor(executor, workers)
+    if cfg.executor.kind == "slurm" and client is None:
+        check_slurm_available()
     store = ResultsStore(Path(cfg.output.store).expanduser())
     with store.writer():
         plan = make_plan(cfg)

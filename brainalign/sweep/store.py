@@ -29,7 +29,6 @@ The rules that make a store safe to leave running for days:
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -47,7 +46,7 @@ import numpy as np
 import xarray as xr
 
 from .._io import atomic_path, atomic_write_text
-from ..errors import ValidationError
+from ..errors import ValidationError, os_error_message
 
 log = logging.getLogger(__name__)
 
@@ -93,22 +92,6 @@ def _quiet():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
         yield
-
-
-_OS_HINTS = {
-    errno.ENOSPC: "the disk is full",
-    errno.EDQUOT: "the disk quota is exceeded",
-    errno.EROFS: "the filesystem is read-only",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-}
-
-
-def os_error_message(exc: OSError, what: str) -> str:
-    """``what``: the path, and what the OS said in words (for errors users read)."""
-    hint = _OS_HINTS.get(exc.errno, exc.strerror or str(exc))
-    name = exc.filename if exc.filename else ""
-    return f"{what}: {hint}" + (f" ({name})" if name else "") + f" [{errno.errorcode.get(exc.errno, exc.errno)}]"
 
 
 @contextmanager
