@@ -1,12 +1,20 @@
 """After a sweep: ROI curves, phase transitions, internal states, figures, the report.
 
 Everything here reads the results store (and the feature cache, for internal states)
-and can be rerun at any time; nothing here changes the store's regions. The internal
-states are written to the store's ``analysis`` group.
+and can be rerun at any time; nothing here writes into the store or beside it, so a
+read-only store (or one received from someone else) works. The internal states are
+cached under ``cache_dir()/analysis``, keyed by the store's settings hash and its done
+markers, so they are recomputed when the store changes; figures and the training movie
+go beside the report (or into ``figures_dir``).
+
+A store is data, not code: the config saved in it may say
+``model.trust_remote_code: true``, but model code from the hub or a checkpoint folder
+runs only when the caller passes ``trust_remote_code=True`` (``--trust-remote-code``).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from pathlib import Path
@@ -15,6 +23,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .._io import atomic_path
+from .._version import __version__
+from ..config import cache_dir
 from ..errors import ValidationError
 from .run import Sweep, _dataset, make_plan
 from .store import _quiet, _zarr_kwargs
@@ -89,31 +100,84 @@ def phase_table(curves: xr.Dataset, x: str = "tokens", n_boot: int = 200) -> tup
     return results, (pd.concat(rows, ignore_index=True) if rows else pd.DataFrame())
 
 
-def internal_state_curves(path: str | Path, max_words: int = 1500) -> xr.Dataset | None:
+def _trusted_config(stored: dict, trust_remote_code: bool) -> dict:
+    """The store's config, with ``model.trust_remote_code`` granted only by the caller."""
+    cfg = copy.deepcopy(stored)
+    model = cfg.setdefault("model", {})
+    if model.get("trust_remote_code") and not trust_remote_code:
+        log.warning(
+            "the results store's config sets model.trust_remote_code, but a store cannot grant it: internal states "
+            "of models that need remote code are skipped unless --trust-remote-code (trust_remote_code=True) is given"
+        )
+    model["trust_remote_code"] = bool(model.get("trust_remote_code")) and trust_remote_code
+    return cfg
+
+
+def _analysis_cache(sweep: Sweep, res: xr.Dataset, max_words: int, trust_remote_code: bool) -> Path:
+    """Where the internal states of this store's done checkpoints are cached.
+
+    Keyed by the store's settings hash and done markers (rewritten when a region is
+    redone), the metric settings and the package version.
+    """
+    from ..features.cache import digest
+
+    key = digest({
+        "settings_hash": res.attrs.get("settings_hash"),
+        "done": sweep.store.done_info(),
+        "max_words": max_words,
+        "trust_remote_code": trust_remote_code,
+        "brainalign": __version__,
+    }, n=16)
+    return cache_dir() / "analysis" / f"{key}.zarr"
+
+
+def _read_cached(path: Path) -> xr.Dataset | None:
+    if not path.is_dir():
+        return None
+    with _quiet():
+        return xr.open_zarr(path, consolidated=False).load()
+
+
+def internal_state_curves(path: str | Path, max_words: int = 1500, trust_remote_code: bool = False) -> xr.Dataset | None:
     """Internal-state metrics of every done checkpoint, from the feature cache.
 
     Representation metrics (CKA to previous / final checkpoint, participation ratio,
     TwoNN dimension) per checkpoint x layer, and for local causal-LM checkpoints the
-    induction / previous-token head scores. Written to the store's ``analysis`` group.
+    induction / previous-token head scores. Cached under ``cache_dir()/analysis``
+    (never written into the store). Models are loaded with remote code only when
+    ``trust_remote_code=True``, whatever the store's config says; None when a model
+    needs remote code that was not granted.
     """
     from .. import features
     from ..dynamics.internal import internal_states, model_states
 
     sweep = Sweep(path)
-    res = _done(sweep.results)
-    plan = make_plan(sweep.config)
-    ds = _dataset(plan.config)
-    f = plan.config.features
-    done = set(res.checkpoint.values.tolist())
-    ckpts = [c for c in plan.checkpoints if c.label in done]
-    feats = {}
-    for c in ckpts:
-        feats[c.label] = features.extract(
-            ds, model=c.model, revision=c.revision, layers=plan.layers, context_tokens=f.context_tokens,
-            batch_size=f.batch_size, device=f.device, dtype=f.dtype, cache=f.cache, word_state=f.word_reduction,
-            trust_remote_code=plan.config.model.trust_remote_code, progress=False,
-            training={"step": None if np.isnan(c.step) else c.step, "tokens": None if np.isnan(c.tokens) else c.tokens},
-        )
+    res = sweep.results
+    cfg = _trusted_config(res.attrs.get("config", {}), trust_remote_code)
+    cached = _analysis_cache(sweep, res, max_words, cfg["model"]["trust_remote_code"])
+    out = _read_cached(cached)
+    if out is not None:
+        return out
+    res = _done(res)
+    try:
+        plan = make_plan(cfg)
+        ds = _dataset(plan.config)
+        f = plan.config.features
+        done = set(res.checkpoint.values.tolist())
+        ckpts = [c for c in plan.checkpoints if c.label in done]
+        feats = {}
+        for c in ckpts:
+            feats[c.label] = features.extract(
+                ds, model=c.model, revision=c.revision, layers=plan.layers, context_tokens=f.context_tokens,
+                batch_size=f.batch_size, device=f.device, dtype=f.dtype, cache=f.cache, word_state=f.word_reduction,
+                trust_remote_code=plan.config.model.trust_remote_code, progress=False,
+                training={"step": None if np.isnan(c.step) else c.step, "tokens": None if np.isnan(c.tokens) else c.tokens},
+            )
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        log.warning("internal states skipped: the model needs remote code (%s)", exc)
+        return None
     tokens = {c.label: c.tokens for c in ckpts}
     out = internal_states(feats, layers=plan.layers, max_words=max_words, tokens=tokens)
     local = all(Path(c.model).is_dir() for c in ckpts)
@@ -123,26 +187,18 @@ def internal_state_curves(path: str | Path, max_words: int = 1500) -> xr.Dataset
             out = xr.merge([out, heads[[v for v in heads.data_vars if "head" not in heads[v].dims]]], compat="override", join="outer")
         except Exception as exc:  # noqa: BLE001 - head scores are optional (e.g. an encoder model)
             log.warning("head scores skipped: %s", exc)
-    with _quiet():
-        out.to_zarr(sweep.path, group="analysis", mode="w", **_zarr_kwargs())
+    with atomic_path(cached, directory=True) as tmp, _quiet():
+        out.to_zarr(tmp, mode="w", **_zarr_kwargs())
     return out
 
 
-def _read_analysis(path: Path) -> xr.Dataset | None:
-    try:
-        with _quiet():
-            return xr.open_zarr(path, group="analysis", consolidated=False).load()
-    except Exception:  # noqa: BLE001 - no analysis yet
-        return None
-
-
-def analyze(path: str | Path, internal: bool = True, n_boot: int = 200) -> dict:
+def analyze(path: str | Path, internal: bool = True, n_boot: int = 200, trust_remote_code: bool = False) -> dict:
     """ROI curves, phases and (optionally) internal states of a sweep."""
     sweep = Sweep(path)
     res = sweep.results
     curves = roi_curves(res)
     phases, table = phase_table(curves, n_boot=n_boot)
-    states = internal_state_curves(path) if internal else _read_analysis(sweep.path)
+    states = internal_state_curves(path, trust_remote_code=trust_remote_code) if internal else None
     return {"results": res, "curves": curves, "phases": phases, "phase_table": table, "internal": states}
 
 
@@ -174,8 +230,13 @@ def _roi_ceilings(res: xr.Dataset, cfg: dict, space: str) -> dict | None:
     return {str(r): float(c[:, atlas.mask(str(r))].mean()) for r in res.roi.values}
 
 
-def flatmap_from_store(path, checkpoint: str, layer: int, subject: str | None = None, out="flatmap.png", threshold=None):
-    """Write a flatmap of one checkpoint and layer (subject mean unless ``subject``)."""
+def flatmap_from_store(path, checkpoint: str, layer: int, subject: str | None = None, out="flatmap.png", threshold=None,
+                       trust_remote_code: bool = False):
+    """Write a flatmap of one checkpoint and layer (subject mean unless ``subject``).
+
+    Reads only the store's scores and loads no model, so ``trust_remote_code`` (kept for
+    the same keywords as :func:`report`) changes nothing; nothing is written but ``out``.
+    """
     from ..plotting import flatmap
 
     res = Sweep(path).results
@@ -199,8 +260,14 @@ def flatmap_from_store(path, checkpoint: str, layer: int, subject: str | None = 
 
 
 def report(path: str | Path, out: str | Path = "report.html", figures_dir: str | Path | None = None,
-           internal: bool = True, movie: bool = True) -> Path:
-    """The HTML report of a sweep: config, data, curves, phases, maps, provenance."""
+           internal: bool = True, movie: bool = True, trust_remote_code: bool = False) -> Path:
+    """The HTML report of a sweep: config, data, curves, phases, maps, provenance.
+
+    Reads the store and never writes into it or beside it: the training movie goes into
+    ``figures_dir`` (as ``movie.gif``) or beside ``out`` (as ``<out stem>_movie.gif``);
+    internal states are cached under ``cache_dir()/analysis``. Model code saved with a
+    checkpoint runs only with ``trust_remote_code=True``, whatever the store's config says.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,12 +276,13 @@ def report(path: str | Path, out: str | Path = "report.html", figures_dir: str |
     from ..plotting import flatmap, flatmap_movie, plot_aligned_curves, plot_curves, plot_layer_heatmap
     from ..report import Section, json_block, write_report
 
-    path = Path(path)
-    a = analyze(path, internal=internal)
+    path, out = Path(path), Path(out)
+    a = analyze(path, internal=internal, trust_remote_code=trust_remote_code)
     res, curves, phases, table, states = a["results"], a["curves"], a["phases"], a["phase_table"], a["internal"]
     done = _done(res)
     cfg = res.attrs.get("config", {})
     figdir = Path(figures_dir) if figures_dir else None
+    out.parent.mkdir(parents=True, exist_ok=True)
     if figdir:
         figdir.mkdir(parents=True, exist_ok=True)
 
@@ -290,9 +358,8 @@ def report(path: str | Path, out: str | Path = "report.html", figures_dir: str |
             frames = [mean_score.sel(checkpoint=c, layer=int(curves["best_layer"].sel(roi=lead, checkpoint=c))).values
                       for c in done.checkpoint.values]
             labels = [f"{c} — {_tokens_label(float(t))} tokens" for c, t in zip(done.checkpoint.values, done.tokens.values)]
-            gif_dir = figdir or path.parent
-            written = flatmap_movie(frames, labels, out=gif_dir / f"{path.stem}_movie.gif", space=space, label="held-out r")
-            gif = next(p for p in written if str(p).endswith(".gif"))
+            gif = figdir / "movie.gif" if figdir else out.with_name(f"{out.stem}_movie.gif")
+            flatmap_movie(frames, labels, out=gif, space=space, label="held-out r")
             maps.append((gif, "Training movie: best layer at each checkpoint (subject mean)."))
         sections.append(Section("Cortical maps", figures=maps))
 
