@@ -165,3 +165,51 @@ def test_model_code_named_by_a_received_store_never_runs(tmp_path, sweep_store, 
     assert not sentinel.exists(), "the store's model code ran"
     assert "internal states skipped" in caplog.text
     assert ">Internal states</h2>" not in html and ">Alignment over training and phase transitions</h2>" in html
+
+
+def _bind_read_only(src: Path, dst: Path) -> None:
+    """``dst``: ``src`` on a real read-only mount (root ignores permission bits)."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    dst.mkdir(parents=True)
+    for cmd in (["mount", "--bind", str(src), str(dst)], ["mount", "-o", "remount,ro,bind", str(dst)]):
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode:
+            subprocess.run(["umount", str(dst)], capture_output=True)
+            pytest.skip(f"cannot make a read-only bind mount here: {r.stderr.strip()}")
+
+
+def test_cli_report_and_flatmap_on_a_read_only_mount(sweep_store, tmp_path, capsys):
+    import subprocess
+
+    from brainalign.cli import main
+
+    store, _ = sweep_store
+    ro = tmp_path / "mnt" / store.name
+    _bind_read_only(store, ro)
+    try:
+        with pytest.raises(OSError, match="Read-only file system"):
+            (ro / "probe").write_text("x")
+        before = _tree(ro)
+        assert main(["report", str(ro), "-o", str(tmp_path / "out" / "report.html")]) == 0
+        assert main(["flatmap", str(ro), "--checkpoint", "checkpoint-0", "--layer", "1", "-o", str(tmp_path / "map.png")]) == 0
+        assert _tree(ro) == before
+        assert sorted(p.name for p in (tmp_path / "mnt").iterdir()) == [store.name]  # nothing beside the store
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)
+    assert (tmp_path / "out" / "report.html").stat().st_size > 0 and (tmp_path / "map.png").stat().st_size > 0
+
+
+def test_cli_flatmap_of_a_store_with_a_deleted_chunk_fails_and_names_it(sweep_store, tmp_path, capsys):
+    from brainalign.cli import main
+
+    store = _received(sweep_store[0], tmp_path)
+    chunk = next(p for p in sorted((store / "score").iterdir()) if p.name.startswith("1."))
+    chunk.unlink()
+    rc = main(["flatmap", str(store), "--checkpoint", "checkpoint-0", "--layer", "1", "-o", str(tmp_path / "map.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"chunk file(s) score/{chunk.name}" in err and "are missing" in err, err
+    assert not (tmp_path / "map.png").exists()

@@ -192,6 +192,11 @@ def test_kill_while_extending_rolls_back_then_resume_equals_uninterrupted(tmp_pa
         xr.testing.assert_identical(_values(grown.path), reference)
         assert set(ResultsStore(store).load().attrs) == attrs  # none of the attributes lost
         _assert_clean(store, f"extension write {n}")
+    # the grown store's attributes are whole: its report is made as any other's
+    from brainalign.sweep.analyze import report
+
+    html = report(store, tmp_path / "report.html", internal=False, movie=False).read_text()
+    assert "checkpoint-1" in html and "3 of 3 checkpoints done" in html
 
 
 def test_two_runs_at_the_same_instant_one_refuses_with_the_lock_message(tmp_path, tiny_model):

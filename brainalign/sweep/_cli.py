@@ -71,12 +71,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(args)
     from .analyze import report
+    from .config import load_config
     from .run import run
 
     sweep = run(args.config, force=args.force, executor=args.executor, workers=args.workers)
     print(f"results: {sweep.path}")
     if not args.no_report:
-        out = report(sweep.path, args.report or Path(sweep.path).with_suffix(".html"))
+        # the user's own config may grant remote code to the report of the run it just made
+        trust = load_config(args.config).model.trust_remote_code
+        out = report(sweep.path, args.report or Path(sweep.path).with_suffix(".html"), trust_remote_code=trust)
         print(f"report: {out}")
     return 0
 
@@ -84,7 +87,7 @@ def _run(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .analyze import report
 
-    print(report(args.results, args.output, figures_dir=args.figures))
+    print(report(args.results, args.output, figures_dir=args.figures, trust_remote_code=args.trust_remote_code))
     return 0
 
 
@@ -112,6 +115,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("results", help="results store (.zarr)")
     p.add_argument("-o", "--output", default="report.html")
     p.add_argument("--figures", help="also write each figure to this folder")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow model code saved with the checkpoints to run (a store's own config cannot grant this)")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("flatmap", help="a cortical flatmap of one checkpoint and layer of a results store")

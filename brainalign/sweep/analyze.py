@@ -230,12 +230,10 @@ def _roi_ceilings(res: xr.Dataset, cfg: dict, space: str) -> dict | None:
     return {str(r): float(c[:, atlas.mask(str(r))].mean()) for r in res.roi.values}
 
 
-def flatmap_from_store(path, checkpoint: str, layer: int, subject: str | None = None, out="flatmap.png", threshold=None,
-                       trust_remote_code: bool = False):
+def flatmap_from_store(path, checkpoint: str, layer: int, subject: str | None = None, out="flatmap.png", threshold=None):
     """Write a flatmap of one checkpoint and layer (subject mean unless ``subject``).
 
-    Reads only the store's scores and loads no model, so ``trust_remote_code`` (kept for
-    the same keywords as :func:`report`) changes nothing; nothing is written but ``out``.
+    Reads only the store's scores and loads no model; nothing is written but ``out``.
     """
     from ..plotting import flatmap
 
