@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"brainalign: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # disk full, read-only, permissions: the path and the reason, not a traceback
+        if exc.errno is None:  # not the filesystem (a network error, a model that cannot be found)
+            raise
         print(f"brainalign: error: {os_error_message(exc, 'cannot read or write a file')}", file=sys.stderr)
         return 2
 

@@ -252,6 +252,12 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, run_dir, capsys):
     bad.write_text(yaml.safe_dump(_config(run_dir, layers=[0, 7], encoding={"n_folds": 3}, output={"store": str(store)})))
     assert main(["run", str(bad), "--dry-run"]) == 2
     assert "layers: [7] out of range" in capsys.readouterr().err
+    # a folder the run would refuse is refused by the dry run too
+    store.mkdir()
+    (store / "notes.txt").write_text("mine")
+    assert main(["run", str(path), "--dry-run"]) == 2
+    assert "is not a brainalign results store" in capsys.readouterr().err
+    assert (store / "notes.txt").read_text() == "mine"
 
 
 def test_dry_run_slurm_prints_the_job_script_or_says_sbatch_is_missing(tmp_path, run_dir, capsys, monkeypatch):

@@ -176,7 +176,7 @@ def test_interrupted_extension_is_rolled_back_by_the_next_writer(tmp_path):
     import zarr
 
     zarr.open_array(str(store.path / "score"), mode="r+", zarr_format=2).resize((3, 2, 4))
-    with pytest.raises(DamagedStoreError, match="interrupted while new regions were added.*run `brainalign run`"):
+    with pytest.raises(DamagedStoreError, match="having new regions added by a running `brainalign run`, or was interrupted while they were; in that case run"):
         store.load()
     with pytest.warns(UserWarning, match="rolled back an extension"), store.writer():
         pass
@@ -293,3 +293,71 @@ def test_cli_names_the_path_of_an_os_error(tmp_path, capsys):
         assert "Traceback" not in err
     finally:
         _umount(ro)
+
+
+# -- what a cold review found -------------------------------------------------------------
+def test_writer_cleans_only_its_own_temporary_folders(tmp_path):
+    store = ResultsStore(tmp_path / "r.zarr")
+    mine = tmp_path / ".r.zarr.notes"
+    other = tmp_path / ".r.zarr.bak.brainalign-new-0123456789abcdef0123456789abcdef"  # another store's
+    ours = tmp_path / f".r.zarr.brainalign-new-{'ab' * 16}"  # ours, left by a killed creation
+    for p in (mine, other, ours):
+        p.mkdir()
+        (p / "f").write_text("x")
+    with store.writer():
+        _create(store)
+    assert mine.is_dir() and other.is_dir() and not ours.exists()
+
+
+def test_one_lock_whatever_path_names_the_store(tmp_path):
+    store = ResultsStore(tmp_path / "r.zarr")
+    with store.writer():
+        _create(store)
+    (tmp_path / "link.zarr").symlink_to(tmp_path / "r.zarr")
+    proc = _holder(store.path, "hold")
+    try:
+        with pytest.raises(StoreLockedError, match=f"PID {proc.pid}"):
+            with ResultsStore(tmp_path / "link.zarr").writer():
+                pass
+        assert ResultsStore(tmp_path / "link.zarr").locked_by().startswith(f"PID {proc.pid} on ")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert store.locked_by() is None
+
+
+def test_a_store_of_python_objects_is_refused_unread(tmp_path):
+    store = _done_store(tmp_path)
+    meta = json.loads((store.path / "score" / ".zarray").read_text())
+    meta.update(dtype="|O", filters=[{"id": "pickle", "protocol": 4}])
+    (store.path / "score" / ".zarray").write_text(json.dumps(meta))
+    with pytest.raises(DamagedStoreError, match=r"score holds Python objects .*never unpickles"):
+        store.load()
+
+
+def test_zarr_temp_files_of_a_killed_writer_do_not_make_a_store_unreadable(tmp_path):
+    store = _done_store(tmp_path)
+    (store.path / f".zattrs.{'0' * 32}.partial").write_text('{"trunc')
+    (store.path / "score" / f"1.0.0.{'1' * 32}.partial").write_bytes(b"half a chunk")
+    assert store.load().done.values.all()
+
+
+def test_regions_marked_by_older_versions_are_not_taken_for_damaged(tmp_path):
+    # brainalign before issue 12 skipped chunks equal to the fill value (an all-NaN
+    # lm_loss) and wrote no ``all_chunks`` in its markers
+    store = _done_store(tmp_path)
+    for p in (store.path / ".brainalign/done").glob("*.json"):
+        info = json.loads(p.read_text())
+        del info["all_chunks"]
+        p.write_text(json.dumps(info))
+    (store.path / "lm_loss" / "0").unlink()
+    assert store.missing_chunks() == {}
+    assert np.isnan(store.load().lm_loss.values[0])
+
+
+def test_rehash_rekeys_layout_and_markers(tmp_path):
+    store = _done_store(tmp_path)
+    store.rehash("h1", "h2")
+    assert store.layout()["hash"] == "h2" and store.done("a", "h2") and store.done("c", "h2")
+    with pytest.raises(IncompatibleStoreError):
+        store.done("b", "h1")

@@ -244,3 +244,29 @@ def test_whole_plan_is_checked_before_features(tmp_path, tiny_model):
     with pytest.raises(ValidationError, match="rois.how: 'fraction_significant' needs significance tests"):
         run(cfg, progress=False)
     assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_store_made_before_rois_were_hashed_resumes_without_redoing(tmp_path, tiny_model):
+    import json
+
+    from brainalign.sweep.config import LEGACY_HASHED, config_hash, load_config
+
+    path = _config(tmp_path / "a.yaml", tiny_model, tmp_path / "out.zarr", ["checkpoint-0", "checkpoint-30"])
+    first = run(path, progress=False)
+    legacy = config_hash(load_config(path), parts=LEGACY_HASHED)
+    meta = first.path / ".brainalign"
+    # as an older brainalign wrote it: the legacy hash everywhere
+    layout = json.loads((meta / "layout.json").read_text())
+    (meta / "layout.json").write_text(json.dumps({**layout, "hash": legacy}))
+    for p in (meta / "done").glob("*.json"):
+        p.write_text(json.dumps({**json.loads(p.read_text()), "hash": legacy}))
+    before = ResultsStore(first.path).done_info()
+    again = run(path, progress=False)
+    assert ResultsStore(again.path).done_info() == {k: {**v, "hash": make_plan(path).settings_hash}
+                                                    for k, v in before.items()}  # nothing redone
+    # other ROI settings than the store's are still refused
+    (meta / "layout.json").write_text(json.dumps({**layout, "hash": legacy}))
+    other = _config(tmp_path / "b.yaml", tiny_model, tmp_path / "out.zarr", ["checkpoint-0", "checkpoint-30"],
+                    rois={"how": "top10"})
+    with pytest.raises(ValidationError, match="other settings"):
+        run(other, progress=False)

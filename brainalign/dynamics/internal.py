@@ -405,6 +405,7 @@ def model_states(
     seq_len: int | None = None,
     n_seqs: int = 16,
     seed: int = 0,
+    trust_remote_code: bool = False,
 ):
     """Circuit metrics per checkpoint: head scores and, with ``texts``, the ICL score.
 
@@ -416,6 +417,8 @@ def model_states(
         Needed for ``texts``; loaded from the first folder when not given.
     tokens : mapping name -> tokens seen, optional
         Training axis (else read from each folder's ``trainer_state.json`` when present).
+    trust_remote_code : bool
+        Passed to ``from_pretrained`` for folders (off unless the caller asks).
 
     Returns
     -------
@@ -448,7 +451,7 @@ def model_states(
                 from transformers import AutoTokenizer
 
                 tokenizer = AutoTokenizer.from_pretrained(str(src))
-            model = load_causal_lm(src)
+            model = load_causal_lm(src, trust_remote_code=trust_remote_code)
         else:
             model = src
         per.append(head_scores(model, tokenizer, seq_len=seq_len, n_seqs=n_seqs, seed=seed))

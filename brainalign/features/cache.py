@@ -73,11 +73,14 @@ def slug(name: str) -> str:
 #: stat fields; larger ones (weights) by their stat fields only
 HASH_MAX_BYTES = 64 * 2**20
 
-#: tokenizer files beside a model (what ``AutoTokenizer.from_pretrained`` reads)
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-    "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
+#: files ``save_pretrained`` of a tokenizer writes that hold a tokenizer (one is enough
+#: to say a folder has one)
+TOKENIZER_CORE_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "merges.txt",
+    "spiece.model", "tokenizer.model", "sentencepiece.bpe.model",
 )
+#: every tokenizer file beside a model (what ``AutoTokenizer.from_pretrained`` reads)
+TOKENIZER_FILES = TOKENIZER_CORE_FILES + ("special_tokens_map.json", "added_tokens.json")
 
 # (path, size, mtime, inode, ctime) -> content hash: a file is read once per process
 # while it stays unchanged
@@ -159,7 +162,7 @@ def tokenizer_key(tokenizer: Any) -> str | None:
 
 
 def _tokenizer_path_key(name: str) -> str:
-    if name.strip() and "#" not in name and Path(name).expanduser().exists():
+    if name.strip() and Path(name).expanduser().exists():
         return f"{name}#{path_fingerprint(name)}"
     return name
 
@@ -255,9 +258,6 @@ class FeatureCache:
         self, model: str, revision: str | None, settings: Mapping[str, Any], commit: str | None = None
     ) -> Path:
         full = dict(settings, package_version=__version__, cache_format=CACHE_FORMAT)
-        tok = full.get("tokenizer")
-        if isinstance(tok, str):  # a tokenizer given by path: key it by its files' content
-            full["tokenizer"] = _tokenizer_path_key(tok)
         rev = self.root / model_key(model) / slug(revision or "default")
         return rev / slug(commit or "unknown") / digest(full)
 

@@ -27,11 +27,6 @@ log = logging.getLogger(__name__)
 
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-#: files ``save_pretrained`` of a tokenizer writes (one is enough to say a folder has one)
-_TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "merges.txt",
-    "spiece.model", "tokenizer.model", "sentencepiece.bpe.model",
-)
 
 #: model types loaded through AutoModel and fed left context only
 ENCODER_TYPES = {
@@ -232,7 +227,9 @@ def model_kind(config, kind: str = "auto") -> str:
 
 
 def _has_tokenizer(folder: Path) -> bool:
-    return any((folder / f).is_file() for f in _TOKENIZER_FILES)
+    from .cache import TOKENIZER_CORE_FILES
+
+    return any((folder / f).is_file() for f in TOKENIZER_CORE_FILES)
 
 
 def tokenizer_folder(src: ModelSource) -> str:

@@ -40,12 +40,16 @@ def _dry_run(args: argparse.Namespace) -> int:
         check_slurm_available()
     plan = make_plan(cfg)
     store = ResultsStore(plan.store_path)
+    store.check_target()  # a foreign folder or a read-only one is refused, as the run would
+    writer = store.locked_by()
     resume = store.exists() and not args.force
     # done() refuses a store made with other settings, as the run would
     done = {c.label for c in plan.checkpoints if resume and store.done(c.label, plan.settings_hash)}
     state = "new" if not store.exists() else "exists; --force starts it over" if args.force else "exists; resumes it"
     print(f"config: {cfg.source}")
     print(f"store: {plan.store_path} ({state})")
+    if writer:
+        print(f"  now being written by {writer}: a run started now would be refused")
     print(f"model: {cfg.model.name}")
     print(f"checkpoints ({len(plan.checkpoints)}, {len(plan.checkpoints) - len(done)} to run):")
     for c in plan.checkpoints:

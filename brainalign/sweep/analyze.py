@@ -183,7 +183,8 @@ def internal_state_curves(path: str | Path, max_words: int = 1500, trust_remote_
     local = all(Path(c.model).is_dir() for c in ckpts)
     if local:
         try:
-            heads = model_states({c.label: c.model for c in ckpts}, tokens=tokens)
+            heads = model_states({c.label: c.model for c in ckpts}, tokens=tokens,
+                                 trust_remote_code=plan.config.model.trust_remote_code)
             out = xr.merge([out, heads[[v for v in heads.data_vars if "head" not in heads[v].dims]]], compat="override", join="outer")
         except Exception as exc:  # noqa: BLE001 - head scores are optional (e.g. an encoder model)
             log.warning("head scores skipped: %s", exc)

@@ -223,8 +223,14 @@ def check_slurm_available() -> None:
         )
 
 
-def config_hash(cfg: RunConfig, parts: tuple[str, ...] = ("dataset", "model", "layers", "features", "encoding", "stats")) -> str:
-    """Hash of the settings that change a region's results (not outputs/executor/rois).
+#: the config sections that change a stored value (ROI scores depend on ``rois``)
+HASHED = ("dataset", "model", "layers", "features", "encoding", "stats", "rois")
+#: what stores made before brainalign hashed ``rois`` were keyed by (see ResultsStore.rehash)
+LEGACY_HASHED = ("dataset", "model", "layers", "features", "encoding", "stats")
+
+
+def config_hash(cfg: RunConfig, parts: tuple[str, ...] = HASHED) -> str:
+    """Hash of the settings that change a stored value (not output, executor, revisions).
 
     Two runs whose hashes differ must not write into the same store.
     """

@@ -26,7 +26,7 @@ import xarray as xr
 
 from .._version import __version__
 from ..errors import ValidationError
-from .config import RunConfig, check_slurm_available, config_hash, load_config
+from .config import LEGACY_HASHED, RunConfig, check_slurm_available, config_hash, load_config
 from .store import ResultsStore
 
 log = logging.getLogger(__name__)
@@ -218,10 +218,6 @@ def _atlas_space(name: str) -> bool:
     return name in FSAVERAGE_SIZES
 
 
-#: the config sections that change a stored value (ROI scores depend on ``rois``)
-_HASHED = ("dataset", "model", "layers", "features", "encoding", "stats", "rois")
-
-
 def make_plan(config: RunConfig | str | Path | dict) -> Plan:
     """Validate everything that can be validated before work starts.
 
@@ -290,7 +286,7 @@ def make_plan(config: RunConfig | str | Path | dict) -> Plan:
         space=first.name,
         hemi=hemi,
         rois=roi_names,
-        settings_hash=config_hash(cfg, parts=_HASHED),
+        settings_hash=config_hash(cfg),
     )
 
 
@@ -526,6 +522,7 @@ def _create_store(plan: Plan, store: ResultsStore, force: bool) -> None:
         "roi": np.array(plan.rois),
     }
     cfg = plan.config
+    _upgrade_legacy_hash(plan, store)
     attrs = {
         "config": cfg.model_dump(mode="json"),
         "settings_hash": plan.settings_hash,
@@ -538,9 +535,24 @@ def _create_store(plan: Plan, store: ResultsStore, force: bool) -> None:
     store.create(coords, _variables(plan), attrs=attrs, layout_key=plan.layout_key(), force=force, data=_ceilings(plan))
 
 
+def _upgrade_legacy_hash(plan: Plan, store: ResultsStore) -> None:
+    """Re-key a store made before ``rois`` was hashed, when its ROI settings are this run's."""
+    if not store.exists() or store.layout().get("hash") == plan.settings_hash:
+        return
+    legacy = config_hash(plan.config, parts=LEGACY_HASHED)
+    stored_rois = store.open().attrs.get("config", "{}")
+    stored_rois = (json.loads(stored_rois) if isinstance(stored_rois, str) else stored_rois).get("rois")
+    if store.layout().get("hash") == legacy and stored_rois == plan.config.rois.model_dump(mode="json"):
+        store.rehash(legacy, plan.settings_hash)
+        log.info("results store %s: settings hash upgraded to include the ROI settings", store.path)
+
+
 def _todo(plan: Plan, store: ResultsStore) -> list[int]:
     """Checkpoints not done yet, and done ones whose chunk files went missing (redone)."""
+    planned = {c.label for c in plan.checkpoints}
     for label, files in store.missing_chunks().items():
+        if label not in planned:
+            continue
         log.warning("results store %s: done checkpoint %r lost chunk files (%s); redoing it", store.path, label,
                     ", ".join(files[:3]))
         store.undo(label)

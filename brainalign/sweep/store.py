@@ -32,9 +32,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
+import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,7 +47,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from .._io import atomic_path, atomic_write_text
+from .._io import atomic_write_text
 from ..errors import ValidationError, os_error_message
 
 log = logging.getLogger(__name__)
@@ -74,12 +76,8 @@ class StoreWriteError(ValidationError):
 
 
 def _zarr_kwargs() -> dict[str, Any]:
-    import zarr
-
-    kw: dict[str, Any] = {"consolidated": False}
-    if int(zarr.__version__.split(".")[0]) >= 3:
-        kw["zarr_format"] = 2  # stable on-disk format for fixed-width strings
-    return kw
+    # zarr's v2 format: a stable on-disk format for fixed-width strings
+    return {"consolidated": False, "zarr_format": 2}
 
 
 def _open_kwargs() -> dict[str, Any]:
@@ -104,10 +102,11 @@ def _os_errors(what: str, after: str = "") -> Iterator[None]:
 
 
 def check_writable(folder: Path, what: str) -> None:
-    """Raise a :class:`StoreWriteError` unless a file can be created in ``folder``."""
+    """Raise a :class:`StoreWriteError` unless files can be created in ``folder`` (or, when
+    it does not exist yet, in its nearest existing parent); creates nothing that stays."""
+    existing = next((p for p in (folder, *folder.parents) if p.is_dir()), Path("."))
     with _os_errors(f"cannot write {what} {folder}"):
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder, prefix=".brainalign-write-check"):
+        with tempfile.TemporaryFile(dir=existing, prefix=".brainalign-write-check"):
             pass
 
 
@@ -142,6 +141,33 @@ class ResultsStore:
         except (ValueError, UnicodeDecodeError) as exc:
             raise DamagedStoreError(f"results store {self.path}: {p.relative_to(self.path)} is not valid JSON ({exc})") from None
 
+    def check_target(self) -> None:
+        """Raise unless a writer may write here: no foreign folder, and writable.
+
+        Raises
+        ------
+        ValidationError
+            ``path`` is a file, or a non-empty folder that is not a brainalign store.
+        StoreWriteError
+            The folder (or the store) cannot be written.
+        """
+        self._refuse_foreign()
+        check_writable(self.path.parent, "the results store's folder")
+        if self.exists():
+            check_writable(self._meta, "results store")
+
+    def locked_by(self) -> str | None:
+        """Who holds the writer lock now (None when nobody does); takes nothing."""
+        if not self._owner_file.is_file():
+            return None
+        from filelock import FileLock, Timeout
+
+        try:
+            with FileLock(str(self._lock_file), timeout=0):
+                return None
+        except Timeout:
+            return self._owner()
+
     def _refuse_foreign(self) -> None:
         """Refuse a path that holds something other than a brainalign store."""
         p = self.path
@@ -157,11 +183,12 @@ class ResultsStore:
     # -- the writer lock -----------------------------------------------------------
     @property
     def _lock_file(self) -> Path:
-        return self.path.parent / f".{self.path.name}.lock"
+        real = self.path.resolve()  # one lock per store, whatever path (or symlink) names it
+        return real.parent / f".{real.name}.lock"
 
     @property
     def _owner_file(self) -> Path:
-        return self.path.parent / f".{self.path.name}.lock.json"
+        return self._lock_file.with_name(self._lock_file.name + ".json")
 
     @contextmanager
     def writer(self) -> Iterator["ResultsStore"]:
@@ -176,9 +203,9 @@ class ResultsStore:
         """
         from filelock import FileLock, Timeout
 
-        check_writable(self.path.parent, "the results store's folder")
-        if self.exists():
-            check_writable(self._meta, "results store")
+        self.check_target()
+        with _os_errors(f"cannot write the results store's folder {self.path.parent}"):
+            self._lock_file.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self._lock_file), timeout=0)
         try:
             lock.acquire()
@@ -190,7 +217,7 @@ class ResultsStore:
                 warnings.warn(f"results store {self.path}: taking over the lock left by {self._owner()}, "
                               "which is no longer running", stacklevel=3)
             me = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.now(timezone.utc).isoformat()}
-            atomic_write_text(self._owner_file, json.dumps(me))
+            self._owner_file.write_text(json.dumps(me))  # read by refused writers only; they retry
             self._clean()
             yield self
         finally:
@@ -211,12 +238,10 @@ class ResultsStore:
     def _clean(self) -> None:
         """Remove what a killed writer left: temp folders, temp files, corrupt markers,
         and roll back an interrupted extension."""
-        parent, name = self.path.parent, self.path.name
-        for p in parent.glob(f".{name}.*"):
-            if p.is_dir():  # a store being created, or an old one being replaced
-                shutil.rmtree(p, ignore_errors=True)
-        for p in parent.glob(f"..{name}.lock.*"):  # a temp owner note
-            p.unlink(missing_ok=True)
+        if self.path.parent.is_dir():
+            for p in self.path.parent.iterdir():
+                if self._temp_name.fullmatch(p.name) and p.is_dir():  # a store being created or replaced
+                    shutil.rmtree(p, ignore_errors=True)
         if not self.exists():
             return
         for p in self.path.rglob("*.partial"):  # zarr's own temp files
@@ -229,6 +254,28 @@ class ResultsStore:
                 p.unlink(missing_ok=True)
         if (self._meta / _JOURNAL).is_file():
             self._roll_back()
+
+    @property
+    def _temp_name(self) -> "re.Pattern[str]":
+        """Names of this store's own temporary folders (and nothing else's)."""
+        return re.compile(rf"\.{re.escape(self.path.name)}\.brainalign-(new|old)-[0-9a-f]{{32}}")
+
+    def _replace_with(self, write) -> None:
+        """Create the store whole: ``write(tmp)`` fills a temporary folder beside it,
+        which then replaces the store (or the empty folder) by renames."""
+        tmp = self.path.parent / f".{self.path.name}.brainalign-new-{uuid.uuid4().hex}"
+        try:
+            write(tmp)
+            if self.path.exists():
+                old = self.path.parent / f".{self.path.name}.brainalign-old-{uuid.uuid4().hex}"
+                os.replace(self.path, old)
+                os.replace(tmp, self.path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, self.path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     # -- layout ------------------------------------------------------------------
     def create(
@@ -282,11 +329,26 @@ class ResultsStore:
         for name, (dims, values) in (data or {}).items():
             ds[name] = (dims, np.asarray(values))
         ds.attrs.update({k: _encode_attr(v) for k, v in (attrs or {}).items()})
-        with _os_errors(f"cannot create results store {self.path}", "nothing was created"), \
-                atomic_path(self.path, directory=True) as tmp, _quiet():
-            ds.to_zarr(tmp, mode="w", compute=False, **_zarr_kwargs())
+        def write(tmp: Path) -> None:
+            with _quiet():
+                ds.to_zarr(tmp, mode="w", compute=False, **_zarr_kwargs())
             atomic_write_text(tmp / _META / "layout.json", json.dumps(key, indent=1, sort_keys=True))
+
+        with _os_errors(f"cannot create results store {self.path}", "nothing was created"):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._replace_with(write)
         return True
+
+    def rehash(self, old: str, new: str) -> None:
+        """Re-key the layout and the done markers made with settings hash ``old`` to ``new``
+        (for a change of the hash's formula, not of the settings)."""
+        layout = self.layout()
+        for p in sorted((self._meta / "done").glob("[!.]*.json")):
+            info = self._marker_info(p)
+            if info is not None and info["hash"] == old:
+                atomic_write_text(p, json.dumps({**info, "hash": new}, default=_jsonable, indent=1))
+        if layout.get("hash") == old:
+            atomic_write_text(self._meta / "layout.json", json.dumps({**layout, "hash": new}, indent=1, sort_keys=True))
 
     def _region_arrays(self, group) -> list[tuple[str, Any, int]]:
         """(name, zarr array, axis of the region dim) of every array along the region dim."""
@@ -400,7 +462,7 @@ class ResultsStore:
             with _quiet():
                 region.to_zarr(self.path, region={self.region_dim: slice(i, i + 1)}, mode="r+", write_empty_chunks=True,
                                **_zarr_kwargs())
-            info = {"label": label, "index": i, "hash": settings_hash, **(provenance or {})}
+            info = {"label": label, "index": i, "hash": settings_hash, "all_chunks": True, **(provenance or {})}
             atomic_write_text(self._marker(label), json.dumps(info, default=_jsonable, indent=1))
 
     # -- reading -------------------------------------------------------------------
@@ -410,11 +472,19 @@ class ResultsStore:
         if not self.path.is_dir() or not self.exists():
             raise ValidationError(f"{self.path} is not a brainalign results store (it has no {_META}/layout.json)")
         if (self._meta / _JOURNAL).is_file():
-            raise DamagedStoreError(f"results store {self.path} was interrupted while new regions were added to it; "
-                                    "run `brainalign run` on its config again to repair it")
-        for p in sorted(self.path.rglob(".z*")):  # zarr v2 metadata: .zgroup, .zattrs, .zarray
-            if p.is_file():
-                self._read_json(p)
+            raise DamagedStoreError(f"results store {self.path} is having new regions added by a running `brainalign run`, "
+                                    "or was interrupted while they were; in that case run `brainalign run` on its config "
+                                    "again to repair it")
+        for p in sorted(self.path.rglob(".z*")):
+            if p.name not in _ZARR_METADATA:  # e.g. zarr's own temp files, ``.zattrs.<hex>.partial``
+                continue
+            try:
+                meta = self._read_json(p)
+            except FileNotFoundError:  # renamed while we looked
+                continue
+            if p.name == ".zarray" and _holds_objects(meta):
+                raise DamagedStoreError(f"results store {self.path}: {p.parent.name} holds Python objects "
+                                        f"({p.relative_to(self.path)}); brainalign never unpickles a store")
 
     def _open_dataset(self) -> xr.Dataset:
         try:
@@ -428,25 +498,26 @@ class ResultsStore:
         self._check_readable()
         return self._open_dataset()
 
-    def missing_chunks(self, labels: list[str] | None = None) -> dict[str, list[str]]:
+    def missing_chunks(self, done: dict[str, dict] | None = None, opened: xr.Dataset | None = None) -> dict[str, list[str]]:
         """Chunk files of done regions that are missing, by label (a damaged store).
 
-        Every chunk of a done region is written (even all-NaN ones), so a missing chunk
-        file means the store was damaged after the region was done.
+        Every chunk of a region is written when it is marked done (even all-NaN ones;
+        its marker says ``all_chunks``), so a missing chunk file means the store was
+        damaged afterwards. Regions marked by older versions, which skipped chunks equal
+        to the fill value, are not checked. ``done`` and ``opened`` save re-reading the
+        markers and re-opening the store.
         """
-
-        labels = list(self.done_info()) if labels is None else labels
-        opened = self._open_dataset()
+        done = self.done_info() if done is None else done
+        opened = self._open_dataset() if opened is None else opened
         stored = opened[self.region_dim].values.tolist()
+        labels = [label for label, info in done.items() if info.get("all_chunks") and label in stored]
         out: dict[str, list[str]] = {}
-        for name, arr, axis in self._region_arrays(_group(self.path, "r")):
+        for name, arr, axis in self._region_arrays(_group(self.path, "r")) if labels else []:
             if name not in opened.data_vars:  # coordinates are written whole at creation
                 continue
             sep = json.loads((self.path / name / ".zarray").read_text()).get("dimension_separator", ".")
             grid = [range(-(-s // c)) for s, c in zip(arr.shape, arr.chunks)]
             for label in labels:
-                if label not in stored:
-                    continue
                 grid[axis] = [stored.index(label)]
                 for idx in np.ndindex(*[len(g) for g in grid]):
                     key = sep.join(str(g[k]) for g, k in zip(grid, idx))
@@ -464,7 +535,8 @@ class ResultsStore:
             missing or cannot be decoded.
         """
         ds = self.open()
-        missing = self.missing_chunks()
+        done = self.done_info()
+        missing = self.missing_chunks(done, ds)
         if missing:
             label, files = next(iter(missing.items()))
             raise DamagedStoreError(
@@ -480,7 +552,6 @@ class ResultsStore:
                     f"({type(exc).__name__}: {exc}); {self._bad_chunk(ds, name)}"
                 ) from exc
         ds.attrs = {k: _maybe_json(v) for k, v in ds.attrs.items()}
-        done = self.done_info()
         ds.coords["done"] = (self.region_dim, np.array([str(c) in done for c in ds[self.region_dim].values]))
         return ds
 
@@ -503,11 +574,21 @@ class ResultsStore:
         group.attrs.update({k: _encode_attr(v) for k, v in attrs.items()})
 
 
+_ZARR_METADATA = (".zgroup", ".zattrs", ".zarray", ".zmetadata")
+
+
+def _holds_objects(meta: dict) -> bool:
+    """True for a zarr v2 array of Python objects (read by unpickling, or a codec that may)."""
+    codecs = [c for c in [meta.get("compressor"), *(meta.get("filters") or [])] if isinstance(c, dict)]
+    return "O" in str(meta.get("dtype", "")) or any(c.get("id") in ("pickle", "json", "msgpack", "msgpack2", "vlen-utf8",
+                                                                    "vlen-bytes", "vlen-array") for c in codecs)
+
+
 def _group(path: Path, mode: str):
     """The store's root zarr group (zarr-python's own API, for in-place changes)."""
     import zarr
 
-    return zarr.open_group(str(path), mode=mode, **{k: v for k, v in _zarr_kwargs().items() if k == "zarr_format"})
+    return zarr.open_group(str(path), mode=mode, zarr_format=2)
 
 
 def _encode_attr(v: Any) -> Any:
