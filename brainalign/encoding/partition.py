@@ -1,5 +1,10 @@
 """Variance partitioning: what the LM features explain beyond word and phoneme rate.
 
+The default low-level baseline is word rate + phoneme rate. Phoneme rate needs phoneme
+timings (a phone tier in the transcript); when any story used lacks them (simulated
+data, CSV transcripts, TextGrids without a phone tier) the default falls back to word
+rate alone, with a logged warning and a note in the result (``attrs["baselines_note"]``).
+
 Three models per target, all scored as held-out R^2 on the test stories: the LM
 features alone (brainalign's ridge), the low-level baseline alone (the same ridge), and
 both together with one penalty per feature space (himalaya's banded ridge,
@@ -28,7 +33,9 @@ from .ridge import DEFAULT_ALPHAS, fit_ridge_cv, r2_score, story_folds
 
 log = logging.getLogger(__name__)
 
-__all__ = ["variance_partition", "baseline_design", "partition_variance"]
+__all__ = ["variance_partition", "baseline_design", "partition_variance", "default_baselines"]
+
+DEFAULT_BASELINES: tuple[str, ...] = ("word_rate", "phoneme_rate")
 
 
 def variance_partition(
@@ -95,10 +102,44 @@ def variance_partition(
     )
 
 
-def baseline_design(stories, baselines: Sequence[str] = ("word_rate", "phoneme_rate"),
+def _has_phones(story) -> bool:
+    return story.phones is not None and len(story.phones[0]) > 0
+
+
+def default_baselines(stories) -> tuple[tuple[str, ...], str]:
+    """The default baselines for ``stories`` and a note saying which were used.
+
+    Word rate + phoneme rate when every story has a phone tier; otherwise word rate
+    alone (the same for all stories, so train and test designs match), and the note
+    names the stories without phoneme timings.
+    """
+    stories = list(stories)
+    missing = [s.name for s in stories if not _has_phones(s)]
+    if not missing:
+        return DEFAULT_BASELINES, "word rate + phoneme rate"
+    shown = ", ".join(repr(m) for m in missing[:3]) + (", ..." if len(missing) > 3 else "")
+    return ("word_rate",), (f"word rate (no phone tier: {len(missing)} of {len(stories)} stories have no "
+                            f"phoneme timings ({shown}), so phoneme rate is left out)")
+
+
+def _resolve_baselines(stories, baselines) -> tuple[tuple[str, ...], str]:
+    if baselines is not None:
+        names = (baselines,) if isinstance(baselines, str) else tuple(baselines)
+        return names, " + ".join(n.replace("_", " ") for n in names)
+    names, note = default_baselines(stories)
+    if names != DEFAULT_BASELINES:
+        log.warning("variance partitioning: low-level baseline is %s", note)
+    return names, note
+
+
+def baseline_design(stories, baselines: Sequence[str] | None = None,
                     delays: Sequence[int] = (1, 2, 3, 4)) -> np.ndarray:
     """Low-level baseline design for ``stories``: rates on the TR grid, z-scored per
-    story, delayed. ``phoneme_rate`` needs a phone tier in every story."""
+    story, delayed. ``phoneme_rate`` needs a phone tier in every story; the default
+    (``None``) is :func:`default_baselines`: word + phoneme rate, or word rate alone
+    (with a logged warning) when a story has no phone tier."""
+    stories = list(stories)
+    baselines, _ = _resolve_baselines(stories, baselines)
     funcs = {"word_rate": word_rate, "phoneme_rate": phoneme_rate}
     unknown = [x for x in baselines if x not in funcs]
     if unknown or not baselines:
@@ -110,12 +151,19 @@ def baseline_design(stories, baselines: Sequence[str] = ("word_rate", "phoneme_r
 
 
 def partition_variance(features, dataset, layer: int, subjects: Sequence[str] | None = None,
-                       baselines: Sequence[str] = ("word_rate", "phoneme_rate"),
+                       baselines: Sequence[str] | None = None,
                        delays: Sequence[int] = (1, 2, 3, 4), **kwargs):
     """:func:`variance_partition` of one layer against low-level baselines, per subject.
 
+    ``baselines=None`` (default) uses word rate + phoneme rate when every story used
+    has a phone tier, else word rate alone for all of them (logged as a warning); an
+    explicit list (``"word_rate"``, ``"phoneme_rate"``) is used as given, and
+    ``phoneme_rate`` then fails on a story without phoneme timings.
+
     Returns an ``xarray.Dataset`` (subject x target) with the variables of
-    :func:`variance_partition` (without ``deltas``).
+    :func:`variance_partition` (without ``deltas``); ``attrs["baselines"]`` lists the
+    baselines used and ``attrs["baselines_note"]`` says so in words (and why, after a
+    fallback: e.g. ``"word rate (no phone tier: ...)"``).
     """
     import xarray as xr
 
@@ -126,7 +174,11 @@ def partition_variance(features, dataset, layer: int, subjects: Sequence[str] | 
     T = max(dataset.space(s).n_targets for s in subjects)
     names = ("r2_joint", "r2_lm", "r2_baseline", "unique_lm", "unique_baseline", "shared")
     out = {k: np.full((len(subjects), T), np.nan, np.float32) for k in names}
-    for train, test, members in subject_groups(dataset, subjects):
+    groups = subject_groups(dataset, subjects)
+    used = list(dict.fromkeys(st for train, test, _ in groups for st in (*train, *test)))
+    # resolved once over every story used, so all groups share one baseline
+    baselines, note = _resolve_baselines([dataset.stories[st] for st in used], baselines)
+    for train, test, members in groups:
         tr = [dataset.stories[s] for s in train]
         te = [dataset.stories[s] for s in test]
         X, Xt = design(features, tr, layer, delays=delays), design(features, te, layer, delays=delays)
@@ -141,5 +193,5 @@ def partition_variance(features, dataset, layer: int, subjects: Sequence[str] | 
         {k: (("subject", "target"), v) for k, v in out.items()},
         coords={"subject": np.asarray(subjects, dtype=str), "target": np.arange(T)},
         attrs={"model": features.model, "revision": features.revision or "", "layer": int(layer),
-               "baselines": list(baselines), "dataset": dataset.name},
+               "baselines": list(baselines), "baselines_note": note, "dataset": dataset.name},
     )

@@ -24,7 +24,18 @@ log = logging.getLogger(__name__)
 __all__ = ["noise_ceiling", "permutation_test", "fdr", "bootstrap_roi_ci"]
 
 
-def noise_ceiling(repeats: np.ndarray, method: str = "ccmax") -> np.ndarray:
+_ZSCORE_TOL = 1e-3  # per-target mean / sd of a repeat this close to 0 / 1 counts as z-scored
+
+
+def _repeats_zscored(r: np.ndarray, tol: float = _ZSCORE_TOL) -> bool:
+    """True when every repeat of every non-constant target has mean ~0 and sd ~1 over time."""
+    sd = r.std(1)
+    live = sd > 0  # constant targets (e.g. medial wall zeros) have no ceiling either way
+    mean = r.mean(1)
+    return bool(np.all(np.abs(mean[live]) <= tol) and np.all(np.abs(sd[live] - 1.0) <= tol))
+
+
+def noise_ceiling(repeats: np.ndarray, method: str = "ccmax", zscore: bool | str = "auto") -> np.ndarray:
     """Noise ceiling per target from repeated presentations (n_repeats, n_trs, n_targets).
 
     ``method="ccmax"`` (Schoppe et al. 2016): with ``N`` repeats, mean response ``ybar``,
@@ -33,25 +44,56 @@ def noise_ceiling(repeats: np.ndarray, method: str = "ccmax") -> np.ndarray:
     mean response. ``method="ev"``: explainable variance ``SP / mean_n Var(r_n)`` of a
     single presentation (Hsu et al. 2004 / Huth et al. 2016 convention).
 
+    Parameters
+    ----------
+    repeats : array (n_repeats >= 2, n_trs, n_targets)
+        Single presentations of the same stimulus (several test stories may be
+        concatenated in time).
+    method : {"ccmax", "ev"}
+    zscore : {"auto", True, False}
+        Z-score each repeat of each target over time before estimating. The signal-power
+        estimator (Sahani & Linden 2003; Schoppe et al. 2016) assumes every repeat
+        carries the signal and the noise with the same gain; repeats that differ in
+        scale (sessions, runs, scanner drift in raw or percent-signal-change units)
+        break that assumption and bias the ceiling down: with gains ``g_n`` the
+        expected EV is multiplied by ``(N mean(g)^2 - mean(g^2)) / ((N - 1) mean(g^2))``
+        (gains drawn from 0.5-2 read a true EV of 0.30 as about 0.26). Z-scoring each
+        repeat removes the gains; the ceiling then refers to the mean of z-scored
+        repeats, which is how brainalign's datasets average test responses.
+        ``"auto"`` (default) z-scores unless the data already are: every repeat's
+        per-target mean and sd within 1e-3 of 0 and 1 (constant targets are ignored in
+        this check). On already z-scored data it is a no-op; repeats that differ only by
+        offsets or by one common scale give today's raw estimate to float precision (the
+        raw estimator is invariant to both); with equal true gains on raw data the two
+        differ only through the sampling noise of each repeat's sd (measured mean change
+        2e-4, at most 4e-3 per target, 4 repeats x 300 TRs). ``False`` gives the raw
+        estimator.
+
     Targets with no signal power (``SP <= 0``) get NaN: no ceiling is estimable; nothing
     is clipped.
     """
+    if method not in ("ccmax", "ev"):
+        raise ValidationError(f"method must be 'ccmax' or 'ev', got {method!r}")
+    if not (isinstance(zscore, (bool, np.bool_)) or (isinstance(zscore, str) and zscore == "auto")):
+        raise ValidationError(f"zscore must be 'auto', True or False, got {zscore!r}")
     r = np.asarray(repeats, dtype=np.float64)
     if r.ndim != 3 or r.shape[0] < 2:
         raise ValidationError(f"repeats must be (n_repeats >= 2, n_trs, n_targets), got shape {r.shape}")
     if not np.all(np.isfinite(r)):
         raise ValidationError("repeats contain NaN or inf")
+    if zscore == "auto":
+        zscore = not _repeats_zscored(r)
+        if zscore:
+            log.debug("noise_ceiling: repeats are not z-scored per target; z-scoring each repeat")
+    if zscore:
+        sd = r.std(1, keepdims=True)
+        r = (r - r.mean(1, keepdims=True)) / np.where(sd > 0, sd, 1.0)  # constant stays 0
     n = r.shape[0]
     var_mean = r.mean(0).var(0)
     mean_var = r.var(1).mean(0)
     sp = (n * var_mean - mean_var) / (n - 1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        if method == "ccmax":
-            out = np.sqrt(sp / var_mean)
-        elif method == "ev":
-            out = sp / mean_var
-        else:
-            raise ValidationError(f"method must be 'ccmax' or 'ev', got {method!r}")
+        out = np.sqrt(sp / var_mean) if method == "ccmax" else sp / mean_var
     return np.where((sp > 0) & (var_mean > 0), out, np.nan).astype(np.float32)
 
 
