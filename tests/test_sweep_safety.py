@@ -110,7 +110,7 @@ def _kill_points(events, n_even: int) -> dict[str, int]:
 
     marker_tmp = first(r"/done/\.", "open")
     points = {
-        "lock owner note": first(r"^/\.\.out\.zarr\.lock\.", "open"),
+        "lock owner note": first(r"^/\.out\.zarr\.lock\.json$", "open"),
         "store creation": first(r"^/\.out\.zarr\.[^/]+/", "open"),
         "store renamed into place": first(r"^/\.out\.zarr\.[^/]+$", "os.rename"),
         "a region's chunk": first(r"^/out\.zarr/score/", "open"),
@@ -140,7 +140,7 @@ def _resume(cfg):
 
 def _assert_clean(store: Path, what: str) -> None:
     assert not [p for p in store.parent.glob(".out.zarr.*") if p.is_dir()], f"{what}: temp folders left"
-    assert not list(store.parent.glob("..out.zarr.lock.*")), f"{what}: temp owner notes left"
+    assert not (store.parent / ".out.zarr.lock.json").exists(), f"{what}: the lock's owner note outlived its writer"
     assert not list(store.rglob("*.partial")), f"{what}: zarr temp files left"
     assert not list((store / ".brainalign").rglob(".*")), f"{what}: temp markers left"
 
