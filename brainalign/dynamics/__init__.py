@@ -12,7 +12,7 @@ from .internal import (
     participation_ratio,
     twonn_dimension,
 )
-from .phases import PhaseResult, Segment, detect_phases
+from .phases import PhaseResult, Segment, Transition, detect_phases
 
 __all__ = [
     "PhaseResult",
@@ -21,6 +21,7 @@ __all__ = [
     "read_downstream_csv",
     "read_lm_eval",
     "Segment",
+    "Transition",
     "detect_phases",
     "head_scores",
     "icl_score",
