@@ -278,7 +278,7 @@ def cooccurrence(brain: Any, others: Mapping[str, Any], **detect_kwargs: Any):
             for oname, o in other_res.items():
                 row = {
                     "brain_curve": bname, "transition": i + 1, "brain_tokens": 10**bp,
-                    "brain_lo": 10**lo, "brain_hi": 10**hi, "brain_change": f"{b.segments[i].label}\u2192{b.segments[i + 1].label}",
+                    "brain_lo": 10**lo, "brain_hi": 10**hi, "brain_change": b.transitions[i].label,
                     "curve": oname, "other_tokens": np.nan, "other_change": None,
                     "distance_log10": np.nan, "abs_distance_log10": np.nan, "within_interval": False,
                 }
@@ -287,7 +287,7 @@ def cooccurrence(brain: Any, others: Mapping[str, Any], **detect_kwargs: Any):
                     d = float(o.log_breakpoints[j] - bp)
                     row.update(
                         other_tokens=float(10 ** o.log_breakpoints[j]),
-                        other_change=f"{o.segments[j].label}\u2192{o.segments[j + 1].label}",
+                        other_change=o.transitions[j].label,
                         distance_log10=d, abs_distance_log10=abs(d),
                         within_interval=bool(np.isfinite(lo) and lo <= o.log_breakpoints[j] <= hi),
                     )
