@@ -37,7 +37,7 @@ def demo_config(out: Path, model_dir: Path, quick: bool = False) -> dict:
         "layers": "all",
         "features": {"context_tokens": 64 if quick else 128, "batch_size": 16},  # the model's own length
         "encoding": {"alphas": {"logspace": [0, 5, 11]}, "n_folds": 3 if quick else 5},
-        "stats": {"permutations": 0},
+        "stats": {"test": "sign"},
         "rois": {"atlas": "language", "how": "mean"},
         "output": {"store": str(out / "results.zarr")},
     }

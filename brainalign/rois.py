@@ -19,11 +19,96 @@ from .errors import ValidationError
 from .surfaces.atlases import _WHOLE, LANGUAGE_ROIS, OFFLINE_ATLASES, Atlas, load_atlas, whole_targets
 from .surfaces.meshes import medial_wall, resample, space_of_size
 
-__all__ = ["Atlas", "load_atlas", "whole_targets", "aggregate", "roi_values", "LANGUAGE_ROIS", "OFFLINE_ATLASES", "medial_wall", "resample"]
+__all__ = ["Atlas", "load_atlas", "whole_targets", "aggregate", "roi_values", "choose_layer", "LAYER_RULES", "LANGUAGE_ROIS",
+           "OFFLINE_ATLASES", "medial_wall", "resample"]
 
 log = logging.getLogger(__name__)
 
 _HOWS = ("mean", "median", "top10", "fraction_significant")
+
+#: How :func:`choose_layer` picks "the best layer", in words (for reports).
+LAYER_RULES = {
+    "cv": "the layer with the best subject-mean cross-validated score on the training stories (Pearson r on the "
+          "validation folds, at each target's chosen alpha, averaged over the ROI); the curve shows that layer's "
+          "held-out score on the test stories",
+    "test": "the layer with the best subject-mean held-out score on the test stories (these results have no "
+            "training-story CV score: the choice uses the data it is scored on, an upward bias)",
+}
+
+
+def choose_layer(score, cv=None, *, rule: str = "auto"):
+    """The best layer of each ROI and checkpoint, and the held-out score there.
+
+    The one place where "the best layer" is decided (ROI curves, ``Sweep.roi_curve``,
+    :func:`aggregate`, the plots and the report all call it), with one rule for NaNs.
+
+    Parameters
+    ----------
+    score : xarray.DataArray
+        Held-out ROI scores with a ``layer`` dim (and usually ``subject``, ``roi``,
+        ``checkpoint``).
+    cv : xarray.DataArray, optional
+        The training-story CV score of the same cells (e.g. ``roi_cv_score``).
+    rule : {"auto", "cv", "test"}
+        ``"cv"``: choose by the subject mean of ``cv`` (the choice never sees the test
+        stories). ``"test"``: by the subject mean of ``score`` itself (biased upward; for
+        results without CV scores). ``"auto"``: ``"cv"`` when ``cv`` is given and has a
+        finite value, else ``"test"`` with a warning.
+
+    NaN rule: the criterion is the mean over the subjects that have a value; a layer
+    whose criterion is NaN is never chosen; ties go to the first (shallowest) layer;
+    where no layer has a finite criterion the best layer and the scores are NaN.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``score`` (the input's dims but ``layer``: each subject's held-out score at the
+        chosen layer), ``score_mean`` (over subjects, NaN-skipping), ``best_layer``
+        (float, NaN where none), ``best_depth`` (when the input has a ``depth``
+        coordinate) and ``criterion`` (the subject-mean value the choice maximised);
+        attribute ``layer_rule`` (``"cv"`` or ``"test"``) and ``layer_rule_text``.
+    """
+    import xarray as xr
+
+    if rule not in ("auto", "cv", "test"):
+        raise ValidationError(f"rule must be 'auto', 'cv' or 'test', got {rule!r}")
+    if "layer" not in score.dims:
+        raise ValidationError(f"choose_layer needs a 'layer' dimension; the scores have {score.dims}")
+    has_cv = cv is not None and bool(np.isfinite(np.asarray(cv.values, dtype=np.float64)).any())
+    if rule == "cv" and not has_cv:
+        raise ValidationError("rule='cv' needs training-story CV scores (cv_score); these results have none")
+    if rule == "auto":
+        rule = "cv" if has_cv else "test"
+        if rule == "test":
+            log.warning("no training-story CV scores: the best layer is chosen on the held-out score itself "
+                        "(biased upward); refit to store cv_score")
+    crit_src = (cv.broadcast_like(score) if rule == "cv" else score).astype(np.float64)
+    crit = crit_src.mean("subject", skipna=True) if "subject" in crit_src.dims else crit_src
+    dims = [d for d in crit.dims if d != "layer"]
+    c = crit.transpose(*dims, "layer")
+    vals = np.asarray(c.values, dtype=np.float64)
+    ok = np.isfinite(vals)
+    idx = np.argmax(np.where(ok, vals, -np.inf), axis=-1)
+    found = ok.any(axis=-1)
+    layers = np.asarray(score["layer"].values)
+    best = np.where(found, layers[idx].astype(np.float64), np.nan)
+    coords = {k: v for k, v in c.coords.items() if "layer" not in v.dims}
+    idx_da = xr.DataArray(idx, dims=dims, coords=coords)
+    at = score.isel(layer=idx_da).drop_vars(["layer", "depth"], errors="ignore")
+    found_da = xr.DataArray(found, dims=dims, coords=coords)
+    at = at.where(found_da)
+    out = xr.Dataset({
+        "score": at,
+        "score_mean": at.mean("subject", skipna=True) if "subject" in at.dims else at,
+        "best_layer": xr.DataArray(best, dims=dims, coords=coords),
+        "criterion": xr.DataArray(np.where(found, np.take_along_axis(vals, idx[..., None], -1)[..., 0], np.nan),
+                                  dims=dims, coords=coords),
+    })
+    if "depth" in score.coords and score["depth"].dims == ("layer",):
+        depth = np.asarray(score["depth"].values, dtype=np.float64)
+        out["best_depth"] = xr.DataArray(np.where(found, depth[idx], np.nan), dims=dims, coords=coords)
+    out.attrs.update(layer_rule=rule, layer_rule_text=LAYER_RULES[rule])
+    return out
 
 
 def _target_labels(results, atlas: "str | Atlas", **atlas_kw) -> tuple[Atlas, np.ndarray]:
@@ -178,11 +263,15 @@ def aggregate(
         ``<name>_mean`` and ``<name>_sem`` over subjects (SEM = sd(ddof=1)/sqrt(n),
         NaN for one subject); with a ``ceiling`` variable, ``<var>_normalised`` =
         ROI aggregate of the score / the mean ceiling over the same targets (ratio of
-        means, not clipped), with its mean and SEM; with a ``layer`` dim,
-        ``best_layer`` (argmax over layers of the subject mean, per ROI and checkpoint;
-        float with NaN where an ROI has no finite value),
+        means, not clipped), with its mean and SEM; with a ``cv_score`` variable and a
+        ``layer`` dim, ``cv_score`` (its ROI aggregate, same ``how``; the mean for
+        ``fraction_significant``) with mean and SEM; with a ``layer`` dim,
+        ``best_layer`` (per ROI and checkpoint, by :func:`choose_layer`: the best
+        subject-mean ``cv_score`` when there is one, else the best subject-mean
+        ``<name>``, with a warning; float with NaN where an ROI has no finite value),
         ``best_depth`` (relative depth = layer / number of layers of that layer) and
-        ``best_<name>``; ``n_targets`` per ROI. Coordinates ``roi_label`` and the
+        ``best_<name>`` (the subject-mean held-out value at that layer); attribute
+        ``layer_rule``; ``n_targets`` per ROI. Coordinates ``roi_label`` and the
         input's (``depth``, ``step``, ``tokens``...) are kept.
     """
     import xarray as xr
@@ -223,12 +312,21 @@ def aggregate(
     other = [d for d in src.dims if d != "target"]
     data = np.asarray(src.values)
     agg = roi_values(data, labels, codes, agg_how, top=top)
+    cv_agg = None
+    if "cv_score" in results and var != "cv_score" and "layer" in src.dims:
+        # the training-story score over the same ROIs (fraction_significant: its mean),
+        # by which the best layer is chosen
+        cv_src = results["cv_score"].broadcast_like(src).transpose(*src.dims)
+        cv_agg = roi_values(np.asarray(cv_src.values), labels, codes, "mean" if how == "fraction_significant" else how,
+                            top=top)
 
     coords = {k: v for k, v in src.coords.items() if "target" not in v.dims}
     coords["roi"] = names
     coords["roi_label"] = ("roi", np.asarray(codes, dtype=np.int64))
     dims = (*other, "roi")
     ds = xr.Dataset({out_name: (dims, agg)}, coords=coords)
+    if cv_agg is not None:
+        ds["cv_score"] = (dims, cv_agg)
     counts = np.bincount(labels, minlength=max(codes, default=0) + 1)
     ds["n_targets"] = ("roi", counts[codes].astype(np.int64))
 
@@ -255,25 +353,19 @@ def aggregate(
             ds[f"{name}_sem"] = (sd / np.sqrt(n)).where(n > 1)
 
     if "layer" in ds.dims:
-        base = f"{out_name}_mean" if f"{out_name}_mean" in ds else out_name
-        filled = ds[base].fillna(-np.inf)
-        idx = np.asarray(filled.argmax("layer"))
-        layers = np.asarray(ds["layer"].values)
-        depth = _depth(results)
-        best_dims = [d for d in filled.dims if d != "layer"]
-        best_coords = {k: v for k, v in filled.coords.items() if "layer" not in v.dims}
-        ds["best_layer"] = xr.DataArray(layers[idx], dims=best_dims, coords=best_coords)
-        ds["best_depth"] = xr.DataArray(np.asarray(depth)[idx], dims=best_dims, coords=best_coords)
-        ds[f"best_{out_name}"] = ds[base].max("layer", skipna=True)
         if "depth" not in ds.coords:
-            ds = ds.assign_coords(depth=("layer", depth))
-        finite = np.isfinite(ds[f"best_{out_name}"])
-        if not bool(finite.all()):  # an ROI without any finite value has no best layer
-            ds["best_layer"] = ds["best_layer"].where(finite)
-            ds["best_depth"] = ds["best_depth"].where(finite)
+            ds = ds.assign_coords(depth=("layer", _depth(results)))
+        chosen = choose_layer(ds[out_name], ds["cv_score"] if "cv_score" in ds else None)
+        ds["best_layer"] = chosen["best_layer"]
+        ds["best_depth"] = chosen["best_depth"]
+        ds[f"best_{out_name}"] = chosen["score_mean"]
+        ds.attrs["layer_rule"] = chosen.attrs["layer_rule"]
 
     ds = ds.transpose("roi", *[d for d in ds.dims if d != "roi"])
+    rule = ds.attrs.get("layer_rule")
     ds.attrs = {k: v for k, v in results.attrs.items()}
+    if rule is not None:
+        ds.attrs["layer_rule"] = rule
     ds.attrs.update(atlas=atlas.name, atlas_space=atlas.space, how=how, var=out_name)
     if how == "top10":
         ds.attrs["top"] = top

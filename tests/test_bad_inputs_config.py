@@ -88,7 +88,7 @@ def test_yaml_merge_keys_and_line_numbers_still_work(tmp_path):
         "dataset: {name: simulated}\n"
         "model: {name: org/model}\n"
         "stats:\n"
-        "  <<: {fdr: 0.1, permutations: 10}\n"
+        "  <<: {fdr: 0.1, test: block, permutations: 10}\n"
         "  fdr: 0.2\n"
         "encoding: {n_fold: 3}\n"
     )

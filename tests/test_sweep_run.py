@@ -77,7 +77,7 @@ def test_sweep_results_are_complete_and_sensible(tmp_path, tiny_run):
     sweep = run(_config(tmp_path, tiny_run.out_dir), progress=False)
     ds = sweep.results
     assert ds.done.all()
-    assert dict(ds.sizes) == {"checkpoint": 5, "layer": 3, "subject": 2, "target": 400, "roi": 1}
+    assert dict(ds.sizes) == {"checkpoint": 5, "layer": 3, "subject": 2, "target": 400, "roi": 1, "boot": 200}
     assert np.isfinite(ds.score.values).all() and np.isfinite(ds.alpha.values).all()
     assert list(ds.tokens.values) == sorted(ds.tokens.values)
     np.testing.assert_allclose(ds.depth.values, [0, 0.5, 1.0])

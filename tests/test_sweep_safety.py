@@ -237,36 +237,41 @@ def test_changing_roi_settings_never_mixes_curves(tmp_path, tiny_model):
 
 
 def test_whole_plan_is_checked_before_features(tmp_path, tiny_model):
-    cfg = _config(tmp_path / "a.yaml", tiny_model, tmp_path / "out.zarr", stats={"permutations": 100, "block_size": 500})
-    with pytest.raises(ValidationError, match=r"stats.block_size: 500 TRs make only 0 blocks of subject sim01's \d+ test TRs"):
+    cfg = _config(tmp_path / "a.yaml", tiny_model, tmp_path / "out.zarr", stats={"test": "block", "block_size": 500})
+    with pytest.raises(ValidationError, match=r"stats.block_size: 500 TRs make only 0 blocks of subject sim01's \d+ "
+                                              r"test TRs; a permutation test needs at least 10"):
         run(cfg, progress=False)
-    cfg = _config(tmp_path / "b.yaml", tiny_model, tmp_path / "out.zarr", rois={"how": "fraction_significant"})
+    cfg = _config(tmp_path / "b.yaml", tiny_model, tmp_path / "out.zarr", rois={"how": "fraction_significant"},
+                  stats={"test": "none"})
     with pytest.raises(ValidationError, match="rois.how: 'fraction_significant' needs significance tests"):
         run(cfg, progress=False)
     assert not (tmp_path / "out.zarr").exists()
 
 
-def test_a_store_made_before_rois_were_hashed_resumes_without_redoing(tmp_path, tiny_model):
+def test_a_store_of_an_older_version_is_rekeyed_or_refused_by_its_settings(tmp_path, tiny_model):
+    """An older brainalign hashed fewer settings (not rois) and wrote ``stats:
+    {permutations: 0}`` for "no test": its store resumes when its settings are this run's,
+    and is refused, naming the settings, when they are not."""
     import json
 
-    from brainalign.sweep.config import LEGACY_HASHED, config_hash, load_config
-
-    path = _config(tmp_path / "a.yaml", tiny_model, tmp_path / "out.zarr", ["checkpoint-0", "checkpoint-30"])
+    revs = ["checkpoint-0", "checkpoint-30"]
+    path = _config(tmp_path / "a.yaml", tiny_model, tmp_path / "out.zarr", revs, stats={"test": "none"})
     first = run(path, progress=False)
-    legacy = config_hash(load_config(path), parts=LEGACY_HASHED)
+    store = ResultsStore(first.path)
+    # as the older version wrote it: another hash everywhere, its own spelling of the config
     meta = first.path / ".brainalign"
-    # as an older brainalign wrote it: the legacy hash everywhere
     layout = json.loads((meta / "layout.json").read_text())
-    (meta / "layout.json").write_text(json.dumps({**layout, "hash": legacy}))
+    (meta / "layout.json").write_text(json.dumps({**layout, "hash": "0123456789abcdef"}))
     for p in (meta / "done").glob("*.json"):
-        p.write_text(json.dumps({**json.loads(p.read_text()), "hash": legacy}))
-    before = ResultsStore(first.path).done_info()
-    again = run(path, progress=False)
-    assert ResultsStore(again.path).done_info() == {k: {**v, "hash": make_plan(path).settings_hash}
-                                                    for k, v in before.items()}  # nothing redone
-    # other ROI settings than the store's are still refused
-    (meta / "layout.json").write_text(json.dumps({**layout, "hash": legacy}))
-    other = _config(tmp_path / "b.yaml", tiny_model, tmp_path / "out.zarr", ["checkpoint-0", "checkpoint-30"],
-                    rois={"how": "top10"})
-    with pytest.raises(ValidationError, match="other settings"):
+        p.write_text(json.dumps({**json.loads(p.read_text()), "hash": "0123456789abcdef"}))
+    config = store.open().attrs["config"]
+    config = json.loads(config) if isinstance(config, str) else config
+    store.set_attrs(config={**config, "stats": {"permutations": 0, "block_size": 10, "fdr": 0.05}})
+    before = store.done_info()
+    # the default test now is the sign test: other settings, refused by name
+    other = _config(tmp_path / "b.yaml", tiny_model, tmp_path / "out.zarr", revs)
+    with pytest.raises(ValidationError, match=r"other settings \(stats.fdr: '\(unset\)' -> 0.05; stats.test: 'none' -> 'sign'\)"):
         run(other, progress=False)
+    again = run(path, progress=False)  # the same settings: re-keyed, nothing redone
+    new_hash = make_plan(path).settings_hash
+    assert ResultsStore(again.path).done_info() == {k: {**v, "hash": new_hash} for k, v in before.items()}

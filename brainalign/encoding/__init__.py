@@ -14,7 +14,8 @@ from .api import fit
 from .encoder import Encoder
 from .partition import baseline_design, partition_variance, variance_partition
 from .ridge import DEFAULT_ALPHAS, RidgeCVResult, fit_ridge_cv, pearson_r, r2_score, story_folds
-from .stats import bootstrap_roi_ci, fdr, noise_ceiling, permutation_test
+from .significance import sign_randomisation_test
+from .stats import bootstrap_roi_ci, fdr, noise_ceiling, permutation_test, significance
 
 __all__ = [
     "DEFAULT_ALPHAS",
@@ -30,6 +31,8 @@ __all__ = [
     "pearson_r",
     "permutation_test",
     "r2_score",
+    "sign_randomisation_test",
+    "significance",
     "story_folds",
     "variance_partition",
 ]

@@ -9,10 +9,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import ValidationError
+from .bootstrap import DEFAULT_BLOCK_LENGTH, DEFAULT_N_BOOT, MIN_BLOCKS, roi_bootstrap, roi_labels_for, roi_mean, tr_blocks
 from .ridge import DEFAULT_ALPHAS, fit_ridge_cv
-from .stats import fdr, noise_ceiling, permutation_test
+from .stats import fdr, noise_ceiling, significance, significance_method
 
 log = logging.getLogger(__name__)
+
+#: (test stories, block length) already warned about having few bootstrap blocks
+_WARNED_BLOCKS: set = set()
 
 __all__ = ["fit", "select_layers", "subject_groups", "load_responses"]
 
@@ -78,13 +82,17 @@ def fit(
     method: str = "auto",
     score_func: str = "l2",
     zscore_responses: bool = True,
+    stats_test: str = "sign",
     n_permutations: int = 1000,
-    block_length: int = 10,
+    block_length: int = 20,
     fdr_q: float = 0.05,
     ceiling: str = "ccmax",
     n_targets_batch: int | None = None,
     random_state: int = 0,
     progress: bool = True,
+    rois: Any = None,
+    n_boot: int = DEFAULT_N_BOOT,
+    boot_block_length: int = DEFAULT_BLOCK_LENGTH,
 ):
     """Fit voxelwise/vertexwise ridge encoders for every layer and subject.
 
@@ -109,20 +117,44 @@ def fit(
     backend : str
         himalaya backend (``"auto"``: GPU when there, else CPU).
     stats : bool
-        Also compute block-permutation p-values (``pvalue``) and BH-FDR significance
-        (``significant``) over the targets of each layer and subject.
+        Also compute one-sided p-values of the held-out r (``pvalue``) and BH-FDR
+        significance (``significant``) over the targets of each layer and subject.
+    stats_test : {"sign", "block"}
+        The test: ``"sign"`` (default), spectral sign randomisation within test stories,
+        analytic, holds its level on BOLD-like autocorrelation and has no p-value floor
+        (:mod:`brainalign.encoding.significance`); ``"block"``, the block permutation test
+        (``n_permutations`` orders of blocks of ``block_length`` TRs; anti-conservative on
+        strongly autocorrelated data, and its smallest p, 1 / (n_permutations + 1), may
+        be too large for FDR over a cortex: a warning says so).
     delays : sequence of int
         FIR delays in TRs.
     zscore_responses : bool
         Z-score each story's responses (already so in ds003020; harmless then).
     ceiling : {"ccmax", "ev"}
         Noise ceiling from test-story repeats, when the dataset has them.
+    rois : atlas name, Atlas, or int label array (one label per target, 0 = none), optional
+        Also bootstrap the ROI-mean held-out r (``roi_boot``): the test TRs are cut into
+        blocks of ``boot_block_length`` TRs within stories, and ``n_boot`` replicates
+        resample whole blocks with replacement (:mod:`brainalign.encoding.bootstrap`).
+        The draws depend only on the number of blocks, ``n_boot`` and ``random_state``,
+        so replicate ``b`` uses the same blocks at every checkpoint and layer (paired
+        differences between checkpoints are taken replicate by replicate).
+    n_boot : int
+        Bootstrap replicates (with ``rois``).
+    boot_block_length : int
+        TRs per bootstrap block (with ``rois``).
 
     Returns
     -------
     xarray.Dataset
         dims ``(layer, subject, target)``; ``score`` (held-out Pearson r), ``r2``,
-        ``alpha``; with ``stats`` ``pvalue`` and ``significant``; with repeats
+        ``alpha``, ``cv_score`` (the training-story score: Pearson r on the validation
+        folds at the chosen alpha, averaged over folds; what a layer is chosen by);
+        with ``stats`` ``pvalue`` and ``significant``; with ``rois``, ``roi_score``
+        (layer, subject, roi: the ROI-mean held-out r) and ``roi_boot`` (layer,
+        subject, roi, boot: its value in each bootstrap replicate; coordinates ``roi``
+        and ``boot``, attributes ``n_boot``, ``boot_block_length``, ``boot_seed``,
+        ``boot_blocks``); with repeats
         ``ceiling`` (subject, target) and ``score_normalised`` = score / ceiling
         (not clipped; NaN where no ceiling is estimable). Subjects with fewer targets
         than others are NaN-padded.
@@ -153,6 +185,19 @@ def fit(
     score = np.full(shape, np.nan, np.float32)
     r2 = np.full(shape, np.nan, np.float32)
     alpha = np.full(shape, np.nan, np.float32)
+    cv_score = np.full(shape, np.nan, np.float32)
+    roi_spec = {s: roi_labels_for(rois, spaces[s]) for s in subjects} if rois is not None else None
+    roi_names: list[str] = []
+    if roi_spec is not None:
+        for _, _, names in roi_spec.values():
+            roi_names += [n for n in names if n not in roi_names]
+        if not roi_names:
+            raise ValidationError("rois: the atlas labels no target")
+        if int(n_boot) < 1:
+            raise ValidationError(f"n_boot must be a positive integer, got {n_boot!r}")
+        roi_boot = np.full((L, S, len(roi_names), int(n_boot)), np.nan, np.float32)
+        roi_score = np.full((L, S, len(roi_names)), np.nan, np.float32)
+    n_blocks: dict[str, int] = {}
     pvalue = np.full(shape, np.nan, np.float32) if stats else None
     signif = np.zeros(shape, bool) if stats else None
     ceil = np.full((S, T), np.nan, np.float32)
@@ -168,6 +213,18 @@ def fit(
         Yts = [load_responses(dataset, s, test, zscore_responses) for s in members]
         for s, y in zip(members, Ys):
             spaces[s].check(y, where=f"responses of subject {s}")
+        test_lengths = [st.n_trs for st in test_st]
+        if roi_spec is not None:
+            nb = int(tr_blocks(test_lengths, boot_block_length)[-1]) + 1
+            for s in members:
+                n_blocks[s] = nb
+            key = (tuple(test), int(boot_block_length))
+            if nb < MIN_BLOCKS and key not in _WARNED_BLOCKS:
+                _WARNED_BLOCKS.add(key)
+                log.warning(
+                    "test stories %s (%d TRs) make only %d bootstrap blocks of %d TRs: ROI intervals will be wide "
+                    "(t intervals with %d degrees of freedom) and percentile intervals too narrow; more test TRs give "
+                    "tighter, better calibrated intervals", list(test), sum(test_lengths), nb, boot_block_length, nb - 1)
         for s in members:
             c = dataset_ceiling(dataset, s, test, ceiling)
             if c is not None:
@@ -185,9 +242,17 @@ def fit(
                 score[li, si, :t] = res.score
                 r2[li, si, :t] = res.r2
                 alpha[li, si, :t] = res.best_alphas
+                cv_score[li, si, :t] = res.cv_r
+                if roi_spec is not None:
+                    labels, codes, names = roi_spec[s]
+                    boot = roi_bootstrap(yt, res.predictions, test_lengths, labels, codes, n_boot=n_boot,
+                                         block_length=boot_block_length, seed=random_state)
+                    cols = [roi_names.index(n) for n in names]
+                    roi_boot[li, si, cols] = boot.T
+                    roi_score[li, si, cols] = roi_mean(res.score, labels, codes)
                 if stats:
-                    pv = permutation_test(yt, res.predictions, n_permutations=n_permutations,
-                                          block_length=block_length, random_state=random_state)
+                    pv = significance(yt, res.predictions, test_lengths, test=stats_test, n_permutations=n_permutations,
+                                      block_length=block_length, random_state=random_state)
                     pvalue[li, si, :t] = pv
                     signif[li, si, :t] = fdr(pv, q=fdr_q)[0]
             log.info("layer %d: median score %.4f", layer, float(np.nanmedian(score[li])))
@@ -197,10 +262,15 @@ def fit(
         "score": (dims, score, {"long_name": "held-out Pearson r"}),
         "r2": (dims, r2, {"long_name": "held-out R^2"}),
         "alpha": (dims, alpha, {"long_name": "ridge penalty chosen by story-wise CV"}),
+        "cv_score": (dims, cv_score, {"long_name": "training-story CV Pearson r at the chosen alpha (mean over folds)"}),
     }
+    if roi_spec is not None:
+        data["roi_score"] = (("layer", "subject", "roi"), roi_score, {"long_name": "ROI-mean held-out r"})
+        data["roi_boot"] = (("layer", "subject", "roi", "boot"), roi_boot, {
+            "long_name": f"ROI-mean held-out r, block bootstrap replicates (blocks of {int(boot_block_length)} TRs "
+                         f"within test stories, {int(n_boot)} replicates, seed {int(random_state)})"})
     if stats:
-        data["pvalue"] = (dims, pvalue, {"long_name": f"block permutation p ({n_permutations} permutations, "
-                                                      f"blocks of {block_length} TRs)"})
+        data["pvalue"] = (dims, pvalue, {"long_name": significance_method(stats_test, n_permutations, block_length)})
         data["significant"] = (dims, signif, {"long_name": f"BH-FDR q < {fdr_q} over targets"})
     if have_ceiling:
         data["ceiling"] = (("subject", "target"), ceil, {"long_name": f"noise ceiling ({ceiling})"})
@@ -212,6 +282,9 @@ def fit(
         "subject": np.asarray(subjects, dtype=str),
         "target": np.arange(T, dtype=np.int64),
     }
+    if roi_spec is not None:
+        coords["roi"] = np.asarray(roi_names, dtype=str)
+        coords["boot"] = np.arange(int(n_boot), dtype=np.int64)
     space_names = {sp.name for sp in spaces.values()}
     first = spaces[subjects[0]]
     if all(sp == first for sp in spaces.values()):
@@ -225,8 +298,12 @@ def fit(
         "alphas": [float(a) for a in np.asarray(alphas, dtype=np.float64).ravel()],
         "delays": [int(d) for d in delays],
         "score_func": score_func,
+        "cv_score": "Pearson r on the validation folds of the training stories, at the chosen alpha, mean over folds",
         "brainalign_version": __version__,
     }
+    if roi_spec is not None:
+        attrs.update(boot_block_length=int(boot_block_length), n_boot=int(n_boot), boot_seed=int(random_state),
+                     boot_blocks=min(n_blocks.values()))
     for key in ("step", "tokens"):
         if features.training.get(key) is not None:
             attrs[key] = features.training[key]

@@ -28,6 +28,10 @@ alphas, no intercept -- but organises the work so that less of it is done:
   prediction GEMM per alpha instead.
 * The refit on all training data uses each target's own alpha as a diagonal scaling
   in the eigenbasis, so all targets are refit with one GEMM.
+* The validation Pearson r of every alpha (``cv_r`` at the chosen one) comes from the
+  same pieces: ``y'p`` and ``|p|^2`` are the terms of the squared error above, and the
+  prediction's sum ``1'A D_a z`` is one ``n_alphas x r`` product per fold (``1'A`` is
+  computed once per fold), small next to the ``r x r`` one.
 """
 
 from __future__ import annotations
@@ -66,6 +70,12 @@ class RidgeCVResult:
         Each target's chosen alpha.
     cv_scores : array (n_targets,)
         Mean cross-validation score at the chosen alpha (before the tie-break slope).
+    cv_r : array (n_targets,)
+        Pearson r between the validation responses and the predictions at the chosen
+        alpha, averaged over the folds where it is defined (NaN where no fold has a
+        non-constant response and prediction). A training-story score on the scale of
+        the held-out ``score``, for choices (e.g. a layer) that must not use the test
+        stories.
     method : str
         ``"primal"`` or ``"kernel"``.
     predictions : array (n_test, n_targets) or None
@@ -81,6 +91,7 @@ class RidgeCVResult:
     best_alphas: np.ndarray
     cv_scores: np.ndarray
     method: str
+    cv_r: np.ndarray | None = None
     predictions: np.ndarray | None = None
     score: np.ndarray | None = None
     r2: np.ndarray | None = None
@@ -240,20 +251,51 @@ def _plan_validation(b, fold: dict, lam, A64, alphas_d, alpha_min: float) -> Non
     )
 
 
-def _validation_sse(b, fold: dict, Z, Yv):
-    """Sum of squared validation errors of every alpha (n_alphas x targets).
+def _pearson_from_sums(b, n: int, sy, yy, sp, pp, yp):
+    """Pearson r (n_alphas x targets, float64) from the sums of ``y``, ``y^2`` (per
+    target), ``p``, ``p^2`` and ``y p`` (per alpha and target) over ``n`` rows; NaN where
+    ``y`` or ``p`` is constant to float precision (e.g. a zero-padded target)."""
+    cov = yp - sy[None, :] * sp / n
+    vy = (yy - sy * sy / n)[None, :]
+    vp = pp - sp * sp / n
+    ok = (vy > 1e-12 * yy[None, :]) & (vp > 1e-12 * pp)
+    den2 = vy * vp
+    den2[~ok] = 1.0
+    r = cov / b.sqrt(den2)
+    r[~ok] = float("nan")
+    return r
+
+
+def _validation_sse(b, fold: dict, Z, Yv, want_r: bool = False):
+    """Sum of squared validation errors of every alpha (n_alphas x targets); with
+    ``want_r``, also the validation Pearson r of every alpha (float64).
 
     The prediction for alpha ``a`` is ``A diag(D[a]) Z``: ``A`` maps the eigenbasis to the
     validation rows, ``D[a]`` is the ridge shrinkage of each eigen-direction, ``Z`` the
     training targets projected on the eigenbasis (primal and kernel forms alike).
+    The r needs only sums that the squared error is made of, plus the prediction's sum
+    ``1'A D_a z``; computing it leaves the squared error's arithmetic as it was.
     """
+    n_val = Yv.shape[0]
     if "H" not in fold:  # direct: one prediction per alpha
         sse = b.zeros_like(Yv, shape=(len(fold["D"]), Yv.shape[1]))
+        if want_r:
+            yp, pp, sp = (b.zeros_like(Yv, shape=sse.shape) for _ in range(3))
         for a in range(len(fold["D"])):
-            err = Yv - fold["A"] @ (fold["D"][a][:, None] * Z)
+            pred = fold["A"] @ (fold["D"][a][:, None] * Z)
+            err = Yv - pred
             sse[a] = (err * err).sum(0)
             del err
-        return sse
+            if want_r:
+                yp[a] = (Yv * pred).sum(0)
+                pp[a] = (pred * pred).sum(0)
+                sp[a] = pred.sum(0)
+            del pred
+        if not want_r:
+            return sse
+        yv = b.asarray(Yv, dtype="float64")
+        f64 = [b.asarray(v, dtype="float64") for v in (sp, pp, yp)]
+        return sse, _pearson_from_sums(b, n_val, yv.sum(0), (yv * yv).sum(0), *f64)
     D = fold["D64"]
     z = b.asarray(Z, dtype="float64")
     P = fold["H"] @ z
@@ -266,13 +308,19 @@ def _validation_sse(b, fold: dict, Z, Yv):
     R *= z
     sse += (D * D) @ R
     del R
+    pp = sse * 1.0 if want_r else None
     Bz = b.asarray(fold["A"].T @ Yv, dtype="float64")
     Bz *= z
-    sse -= 2.0 * (D @ Bz)
+    yp = D @ Bz
     del Bz
+    sse -= 2.0 * yp
     yv = b.asarray(Yv, dtype="float64")
-    sse += (yv * yv).sum(0)[None, :]
-    return sse
+    yy = (yv * yv).sum(0)
+    sse += yy[None, :]
+    if not want_r:
+        return sse
+    sp = (D * fold["a1"][None, :]) @ z  # the prediction sums 1'A D_a z, no targets-sized temporary
+    return sse, _pearson_from_sums(b, n_val, yv.sum(0), yy, sp, pp, yp)
 
 
 # -- decompositions ----------------------------------------------------------------
@@ -286,7 +334,7 @@ def _make_fold(b, tr_d, va_d, lam, V, A64, alphas_d, invalid: np.ndarray) -> dic
     map ``A`` from it to the validation rows, the shrinkage ``D``, and the alpha-free
     validation route when it is the cheaper one."""
     fold = dict(tr=tr_d, va=va_d, V=b.asarray(V, dtype="float32"), A=b.asarray(A64, dtype="float32"),
-                D=_shrinkage(b, alphas_d, lam), invalid=invalid)
+                D=_shrinkage(b, alphas_d, lam), invalid=invalid, a1=A64.sum(0))
     _plan_validation(b, fold, lam, A64, alphas_d, float(b.to_numpy(alphas_d).min()))
     return fold
 
@@ -344,6 +392,7 @@ class _Primal:
         blocks = [self.X[f["va"]].T @ Yc[f["va"]] for f in self.folds] if self.partition else None
         total = sum(blocks[1:], blocks[0]) if self.partition else self.X.T @ Yc
         scores = b.zeros_like(Yc, shape=(len(self.folds), n_alphas, Yc.shape[1]))
+        rs = b.zeros_like(Yc, shape=scores.shape)
         for k, f in enumerate(self.folds):
             if self.partition:
                 XtY = total - blocks[k]
@@ -351,10 +400,12 @@ class _Primal:
                 XtY = self.X[f["tr"]].T @ Yc[f["tr"]]
             Z = f["V"].T @ XtY
             del XtY
-            scores[k] = score_fn(_validation_sse(b, f, Z, Yc[f["va"]]), Yc[f["va"]])
-            del Z
+            sse, r = _validation_sse(b, f, Z, Yc[f["va"]], want_r=True)
+            scores[k] = score_fn(sse, Yc[f["va"]])
+            rs[k] = r
+            del Z, sse, r
         self._total = total
-        return scores
+        return scores, rs
 
     def refit(self, Yc, best_idx, return_coef: bool):
         Z = self.W.T @ self._total
@@ -404,11 +455,14 @@ class _Kernel:
     def cv_scores(self, Yc, score_fn, n_alphas: int):
         b = self.b
         scores = b.zeros_like(Yc, shape=(len(self.folds), n_alphas, Yc.shape[1]))
+        rs = b.zeros_like(Yc, shape=scores.shape)
         for k, f in enumerate(self.folds):
             Z = f["V"].T @ Yc[f["tr"]]
-            scores[k] = score_fn(_validation_sse(b, f, Z, Yc[f["va"]]), Yc[f["va"]])
-            del Z
-        return scores
+            sse, r = _validation_sse(b, f, Z, Yc[f["va"]], want_r=True)
+            scores[k] = score_fn(sse, Yc[f["va"]])
+            rs[k] = r
+            del Z, sse, r
+        return scores, rs
 
     def refit(self, Yc, best_idx, return_coef: bool):
         S = self.D_full[best_idx].T * (self.W.T @ Yc)
@@ -446,6 +500,17 @@ def _select(b, scores, alphas32: np.ndarray, invalid: np.ndarray):
     idx = np.argmax(mean_tb, axis=0)
     best = np.take_along_axis(mean_tb, idx[None], 0)[0]
     return idx, best
+
+
+def _fold_mean_at(b, rs, idx: np.ndarray) -> np.ndarray:
+    """Mean over folds (where finite) of ``rs`` (folds x alphas x targets) at each
+    target's alpha ``idx``; NaN where no fold has a finite value."""
+    r = b.to_numpy(rs)
+    at = np.take_along_axis(np.asarray(r, dtype=np.float64), np.asarray(idx)[None, None, :], 1)[:, 0]
+    ok = np.isfinite(at)
+    n = ok.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, np.where(ok, at, 0.0).sum(0) / np.maximum(n, 1), np.nan).astype(np.float32)
 
 
 def _chunk_size(per_target_bytes: int, n_targets: int, b, memory_fraction: float, n_targets_batch: int | None) -> int:
@@ -517,7 +582,9 @@ def fit_ridge_cv(
 
     Returns
     -------
-    RidgeCVResult, or a list of them when ``Y`` is a list.
+    RidgeCVResult, or a list of them when ``Y`` is a list. Besides the chosen alphas and
+    their mean fold score (``cv_scores``, in ``score_func``'s units), each holds
+    ``cv_r``: the validation Pearson r at the chosen alpha, averaged over folds.
     """
     X = _check_2d(X, "X")
     n, p = X.shape
@@ -571,23 +638,26 @@ def fit_ridge_cv(
     invalid = [f["invalid"] for f in dec.folds]
     n_val = max(len(va) for _, va in folds)
     n_test = 0 if X_test is None else X_test.shape[0]
-    per_target = 4 * (2 * n + (len(folds) + 12) * dec.rank + 2 * n_val + n_test + len(folds) * len(alphas64) + (p if return_coef else 0))
+    per_target = 4 * (2 * n + (len(folds) + 12) * dec.rank + 2 * n_val + n_test + 2 * len(folds) * len(alphas64)
+                      + (p if return_coef else 0))
     chunk = _chunk_size(per_target, max(y.shape[1] for y in Ys), b, memory_fraction, n_targets_batch)
     tasks = [(i, s) for i, y in enumerate(Ys) for s in range(0, y.shape[1], chunk)]
     out = []
     for y in Ys:
         t = y.shape[1]
         out.append(
-            dict(idx=np.zeros(t, np.int64), cv=np.zeros(t, np.float32),
+            dict(idx=np.zeros(t, np.int64), cv=np.zeros(t, np.float32), cv_r=np.zeros(t, np.float32),
                  pred=np.zeros((n_test, t), np.float32) if n_test else None,
                  coef=np.zeros((p, t), np.float32) if return_coef else None)
         )
     for i, start in tqdm(tasks, desc="ridge targets", unit="chunk", disable=not progress or len(tasks) < 2):
         sl = slice(start, min(start + chunk, Ys[i].shape[1]))
         Yc = to_device(b, Ys[i][:, sl])
-        scores = dec.cv_scores(Yc, score_fn, len(alphas64))
+        scores, rs = dec.cv_scores(Yc, score_fn, len(alphas64))
         idx, best = _select(b, scores, alphas32, invalid)
         del scores
+        out[i]["cv_r"][sl] = _fold_mean_at(b, rs, idx)
+        del rs
         pred, coef = dec.refit(Yc, _rows(b, idx, Yc), return_coef)
         o = out[i]
         o["idx"][sl] = idx
@@ -601,7 +671,7 @@ def fit_ridge_cv(
     for o, yt in zip(out, Yts):
         res = RidgeCVResult(
             alphas=alphas32, best_alpha_index=o["idx"], best_alphas=alphas32[o["idx"]], cv_scores=o["cv"],
-            method=method, predictions=o["pred"], coef=o["coef"],
+            method=method, predictions=o["pred"], coef=o["coef"], cv_r=o["cv_r"],
             info=dict(backend=b.name, n_folds=len(folds), chunk=chunk, score_func=score_func),
         )
         if yt is not None:

@@ -1,11 +1,15 @@
-"""Statistics of encoding scores: noise ceiling, block permutation test, FDR, bootstrap.
+"""Statistics of encoding scores: noise ceiling, significance tests, FDR, bootstrap.
 
 * :func:`noise_ceiling` -- from single presentations of a repeated test story:
   Schoppe et al. (2016) ``CCmax`` (the highest correlation any model can reach with
   the mean response), or the explainable variance. Reported *beside* raw scores.
+* :func:`significance` -- p-values of held-out r: the default spectral sign
+  randomisation test (:mod:`brainalign.encoding.significance`), or
 * :func:`permutation_test` -- shuffles blocks of TRs of the held-out responses against
-  the stored predictions (blocks keep the autocorrelation within them), vectorised over
-  targets through block cross-products, so 1,000 permutations cost little.
+  the stored predictions, vectorised over targets through block cross-products.
+  Anti-conservative on strongly autocorrelated BOLD (block edges cut the
+  autocorrelation), and its p-values stop at 1 / (n_permutations + 1); kept for
+  comparison and for data with short autocorrelation.
 * :func:`fdr` -- Benjamini-Hochberg (``scipy.stats.false_discovery_control``).
 * :func:`bootstrap_roi_ci` -- confidence intervals of ROI means.
 """
@@ -21,7 +25,12 @@ from ..errors import ValidationError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["noise_ceiling", "permutation_test", "fdr", "bootstrap_roi_ci"]
+__all__ = ["noise_ceiling", "significance", "significance_method", "permutation_test", "fdr", "bootstrap_roi_ci"]
+
+#: significance tests of :func:`significance`
+TESTS = ("sign", "block")
+#: fewest blocks a block permutation test accepts (10! orders; with 4 blocks there are 24)
+MIN_PERMUTATION_BLOCKS = 10
 
 
 _ZSCORE_TOL = 1e-3  # per-target mean / sd of a repeat this close to 0 / 1 counts as z-scored
@@ -141,9 +150,10 @@ def permutation_test(
     if int(n_permutations) < 1:
         raise ValidationError(f"n_permutations must be >= 1, got {n_permutations}")
     nb = y.shape[0] // block_length
-    if nb < 4:
+    if nb < MIN_PERMUTATION_BLOCKS:
         raise ValidationError(
-            f"{y.shape[0]} test TRs make only {nb} blocks of {block_length}: too few for a permutation test"
+            f"{y.shape[0]} test TRs make only {nb} blocks of {block_length}: a permutation test needs at least "
+            f"{MIN_PERMUTATION_BLOCKS} (use shorter blocks, more test TRs, or the default sign test)"
         )
     n = nb * block_length
     rng = np.random.default_rng(random_state)
@@ -166,6 +176,40 @@ def permutation_test(
         if return_null:
             null_all[:, sl] = null
     return (pval, null_all) if return_null else pval
+
+
+def significance(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    lengths: "list[int] | None" = None,
+    test: str = "sign",
+    n_permutations: int = 1000,
+    block_length: int = 20,
+    random_state: Any = 0,
+) -> np.ndarray:
+    """One-sided p-values of the held-out Pearson r of each target.
+
+    ``test="sign"`` (default): :func:`~brainalign.encoding.significance.sign_randomisation_test`
+    over the held-out stories of ``lengths`` TRs; ``test="block"``: :func:`permutation_test`.
+    """
+    if test == "sign":
+        from .significance import sign_randomisation_test
+
+        return sign_randomisation_test(y_true, y_pred, lengths)
+    if test == "block":
+        return permutation_test(y_true, y_pred, n_permutations=n_permutations, block_length=block_length,
+                                random_state=random_state)
+    raise ValidationError(f"test must be one of {', '.join(TESTS)}, got {test!r}")
+
+
+def significance_method(test: str, n_permutations: int = 1000, block_length: int = 20) -> str:
+    """What :func:`significance` did, in words (for results' attributes)."""
+    if test == "sign":
+        from .significance import METHOD
+
+        return METHOD
+    return (f"block permutation, {n_permutations} orders of blocks of {block_length} TRs; smallest reachable "
+            f"p = {1 / (n_permutations + 1):.2g}")
 
 
 def fdr(pvalues: np.ndarray, q: float = 0.05) -> tuple[np.ndarray, np.ndarray]:

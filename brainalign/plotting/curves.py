@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -92,12 +93,15 @@ def _select_layer(da, layer, ds=None):
     if "layer" not in da.dims:
         return da
     if layer == "best":
+        # the one rule (brainalign.rois.choose_layer): by the training-story CV score
+        # when the Dataset has one (aggregate() stores its choice as best_layer)
         if ds is not None and "best_layer" in ds and "checkpoint" in da.dims:
             best = ds["best_layer"]
-        else:
-            mean = da.mean("subject") if "subject" in da.dims else da
-            best = mean["layer"].isel(layer=mean.fillna(-np.inf).argmax("layer"))
-        return da.sel(layer=best.fillna(da["layer"].values[0]).astype(da["layer"].dtype))
+            return da.sel(layer=best.fillna(da["layer"].values[0]).astype(da["layer"].dtype)).where(best.notnull())
+        from ..rois import choose_layer
+
+        cv = ds["cv_score"] if ds is not None and "cv_score" in ds and ds["cv_score"].dims == da.dims else None
+        return choose_layer(da, cv)["score"]
     if layer == "max":
         return da.max("layer")
     return da.sel(layer=layer)
@@ -118,7 +122,10 @@ def plot_curves(
     figsize: tuple[float, float] = (3.5, 2.4),
     out: "str | os.PathLike | None" = None,
 ):
-    """Alignment against training progress, one line per ROI, mean ± SEM over subjects.
+    """Alignment against training progress, one line per ROI: the subject mean, with its
+    block-bootstrap interval as a band when the Dataset has one (``<var>_lo`` and
+    ``<var>_hi``, as :func:`brainalign.sweep.analyze.roi_curves` gives for a store with
+    bootstrap replicates), else ± SEM over subjects.
 
     Parameters
     ----------
@@ -135,8 +142,10 @@ def plot_curves(
     var : str, optional
         Variable of a Dataset (default its ``var`` attribute, else "score").
     layer : int, "best" or "max"
-        For results with layers: a layer, the best layer per checkpoint (by the subject
-        mean), or the max over layers per subject.
+        For results with layers: a layer, the best layer per checkpoint
+        (:func:`brainalign.rois.choose_layer`: by the subject-mean training-story CV
+        score when the Dataset has ``cv_score``, else by the held-out score, with a
+        warning), or the max over layers per subject.
 
     Returns
     -------
@@ -144,13 +153,14 @@ def plot_curves(
     """
     import xarray as xr
 
+    # (name, x, y, band low, band high)
     series: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
     if isinstance(roi_curves, Mapping) and not isinstance(roi_curves, (xr.Dataset, xr.DataArray)):
         for name, val in roi_curves.items():
             t = tuple(val)
             xs, ys = np.asarray(t[0], float), np.asarray(t[1], float)
             sem = np.asarray(t[2], float) if len(t) > 2 else None
-            series.append((str(name), xs, ys, sem, None))
+            series.append((str(name), xs, ys, None if sem is None else ys - sem, None if sem is None else ys + sem))
     else:
         ds = roi_curves if isinstance(roi_curves, xr.Dataset) else None
         if ds is not None:
@@ -165,6 +175,10 @@ def plot_curves(
         if "checkpoint" not in da.dims:
             raise ValidationError(f"roi_curves need a 'checkpoint' dimension; they have {da.dims}")
         da = _select_layer(da, layer, ds)
+        # block-bootstrap intervals (roi_curves() of a store with replicates) replace the SEM band
+        lo_da = hi_da = None
+        if ds is not None and f"{var}_lo" in ds and f"{var}_hi" in ds and "layer" not in ds[f"{var}_lo"].dims:
+            lo_da, hi_da = ds[f"{var}_lo"], ds[f"{var}_hi"]
         if "roi" not in da.dims:
             da = da.expand_dims(roi=[da.name or "curve"])
         names = list(rois) if rois is not None else [str(r) for r in da["roi"].values[:8]]
@@ -180,22 +194,28 @@ def plot_curves(
             if "subject" in d.dims:
                 sub = d.transpose("checkpoint", "subject").values[order]
                 n = np.isfinite(sub).sum(1)
-                mean = np.nanmean(sub, 1)
-                with np.errstate(invalid="ignore"):
+                with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    mean = np.nanmean(sub, 1)
                     sem = np.where(n > 1, np.nanstd(sub, 1, ddof=1) / np.sqrt(np.maximum(n, 1)), np.nan)
-                series.append((name, xs[order], mean, sem, sub))
+                lo, hi = mean - sem, mean + sem
             else:
-                series.append((name, xs[order], d.values[order], None, None))
+                mean = np.asarray(d.values, float)[order]
+                lo = hi = None
+            if lo_da is not None and ("roi" not in lo_da.dims or name in lo_da["roi"].values):
+                lo = np.asarray((lo_da.sel(roi=name) if "roi" in lo_da.dims else lo_da).values, float)[order]
+                hi = np.asarray((hi_da.sel(roi=name) if "roi" in hi_da.dims else hi_da).values, float)[order]
+            series.append((name, xs[order], mean, lo, hi))
     if not series:
         raise ValidationError("roi_curves: nothing to plot")
     with paper_style():
         fig, ax = _new_axes(ax, figsize)
         if log_x:
             ax.set_xscale("log")
-        for (name, xs, ys, sem, _), colour in zip(series, palette(len(series))):
+        for (name, xs, ys, lo, hi), colour in zip(series, palette(len(series))):
             ax.plot(xs, ys, color=colour, label=name, marker="o", ms=2.0)
-            if sem is not None and np.isfinite(sem).any():
-                ax.fill_between(xs, ys - sem, ys + sem, color=colour, alpha=0.25, lw=0)
+            if lo is not None and np.isfinite(lo).any():
+                ax.fill_between(xs, lo, hi, color=colour, alpha=0.25, lw=0)
         if phases is not None:
             ph = phases.get(series[0][0]) if isinstance(phases, Mapping) else phases
             _shade(ax, ph)
@@ -228,6 +248,7 @@ def plot_layer_heatmap(
     var: str | None = None,
     cmap: str = "viridis",
     mark_best: bool = True,
+    best: Any = None,
     ax=None,
     title: str | None = None,
     figsize: tuple[float, float] = (3.6, 2.6),
@@ -240,7 +261,11 @@ def plot_layer_heatmap(
     data : xarray.DataArray (layer, checkpoint) or an aggregate() Dataset (then ``roi``
         picks the ROI and the subject mean is shown).
     mark_best : bool
-        Mark the best layer of each checkpoint.
+        Mark the chosen layer of each checkpoint: ``best`` when given, else the
+        Dataset's ``best_layer`` (:func:`brainalign.rois.choose_layer`), else the choice
+        that function makes from the shown values (the held-out score, with a warning).
+    best : array or DataArray over checkpoint, optional
+        The chosen layer of each checkpoint (e.g. ``roi_curves(...)["best_layer"]``).
 
     Returns
     -------
@@ -258,10 +283,14 @@ def plot_layer_heatmap(
         da = data
     else:
         raise ValidationError("data: give an xarray DataArray (layer, checkpoint) or an aggregate() Dataset")
+    if best is None and isinstance(data, xr.Dataset) and "best_layer" in data:
+        best = data["best_layer"]
     if "roi" in da.dims:
         if roi is None and da.sizes["roi"] > 1:
             raise ValidationError(f"several ROIs: pick one with roi= ({', '.join(map(str, da['roi'].values[:10]))}...)")
         da = da.sel(roi=roi) if roi is not None else da.isel(roi=0)
+        if isinstance(best, xr.DataArray) and "roi" in best.dims:
+            best = best.sel(roi=roi) if roi is not None else best.isel(roi=0)
     if "subject" in da.dims:
         da = da.mean("subject")
     if set(da.dims) != {"layer", "checkpoint"}:
@@ -283,10 +312,19 @@ def plot_layer_heatmap(
         ax.set_xlabel(_XLABELS.get(x, x))
         ax.set_ylabel("layer")
         if mark_best:
-            zz = np.where(np.isfinite(z), z, -np.inf)
-            best = zz.argmax(axis=0)
-            ok = np.isfinite(z).any(axis=0)
-            ax.plot(np.flatnonzero(ok), best[ok], color="white", marker="o", ms=2.5, lw=0.8)
+            if best is None:
+                from ..rois import choose_layer
+
+                chosen = np.asarray(choose_layer(da)["best_layer"].transpose("checkpoint").values, float)[order]
+            elif isinstance(best, xr.DataArray) and "checkpoint" in best.dims:
+                chosen = np.asarray(best.sel(checkpoint=da["checkpoint"].values).values, float)[order] \
+                    if "checkpoint" in da.coords else np.asarray(best.values, float)[order]
+            else:
+                chosen = np.asarray(best, float).ravel()[order]
+            pos = {float(v): i for i, v in enumerate(layers)}
+            rows = np.array([pos.get(float(v), np.nan) if np.isfinite(v) else np.nan for v in chosen])
+            ok = np.isfinite(rows)
+            ax.plot(np.flatnonzero(ok), rows[ok], color="white", marker="o", ms=2.5, lw=0.8)
         cb = fig.colorbar(im, ax=ax)
         cb.set_label(_ylabel(var))
         if title:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,15 @@ from .store import _quiet, _zarr_kwargs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["roi_curves", "phase_table", "internal_state_curves", "analyze", "report", "flatmap_from_store"]
+__all__ = ["roi_curves", "roi_intervals", "checkpoint_difference", "consecutive_differences", "phase_table",
+           "internal_state_curves", "analyze", "report", "flatmap_from_store"]
+
+#: Default confidence level of ROI intervals.
+LEVEL = 0.95
+#: How subjects enter the intervals of a subject mean (see :func:`roi_intervals`).
+SUBJECT_RULES = ("resample", "fixed")
+#: How replicates become intervals and p-values (see :func:`roi_intervals`).
+METHODS = ("t", "percentile")
 
 
 def _done(res: xr.Dataset) -> xr.Dataset:
@@ -43,39 +52,351 @@ def _done(res: xr.Dataset) -> xr.Dataset:
     return res
 
 
-def roi_curves(res: xr.Dataset) -> xr.Dataset:
-    """Per ROI and checkpoint, the best layer's score (best by subject mean).
+def _chosen(res: xr.Dataset) -> xr.Dataset:
+    """:func:`brainalign.rois.choose_layer` on a store's ROI scores (CV rule when stored)."""
+    from ..rois import choose_layer
+
+    return choose_layer(res["roi_score"], res["roi_cv_score"] if "roi_cv_score" in res else None)
+
+
+def roi_curves(res: xr.Dataset, level: float = LEVEL, subjects: str = "resample", method: str = "t") -> xr.Dataset:
+    """Per ROI and checkpoint, the held-out score of the layer chosen on the training stories.
+
+    The layer is chosen by :func:`brainalign.rois.choose_layer` (the best subject-mean
+    ``roi_cv_score``; a store without CV scores falls back to the held-out score, and
+    says so in the ``layer_rule`` attribute).
 
     Returns a Dataset with ``score`` (roi, checkpoint, subject), ``score_mean``,
-    ``score_sem`` (roi, checkpoint), ``best_layer`` and ``best_depth``.
+    ``score_sem`` (roi, checkpoint), ``best_layer`` and ``best_depth``; when the store
+    has bootstrap replicates (``roi_boot``) and ROI means, ``score_lo`` and ``score_hi``:
+    the ``level`` block-bootstrap interval of the subject mean at the chosen layer (see
+    :func:`roi_intervals`). Attributes ``layer_rule``, ``layer_rule_text`` and, with
+    intervals, ``interval``.
     """
-    rs = _done(res)["roi_score"]
-    mean = rs.mean("subject")
-    best = mean.fillna(-np.inf).argmax("layer")
-    score = rs.isel(layer=best)
-    n = rs.sizes["subject"]
+    res = _done(res)
+    chosen = _chosen(res)
+    score = chosen["score"]
+    n = score.notnull().sum("subject")
     out = xr.Dataset(
         {
-            "score": score.drop_vars(["layer", "depth"], errors="ignore"),
-            "score_mean": score.mean("subject").drop_vars(["layer", "depth"], errors="ignore"),
-            "score_sem": (score.std("subject", ddof=1) / np.sqrt(n) if n > 1 else score.mean("subject") * np.nan).drop_vars(
-                ["layer", "depth"], errors="ignore"
-            ),
-            "best_layer": rs.layer[best].drop_vars(["layer", "depth"], errors="ignore"),
-            "best_depth": rs.depth[best].drop_vars(["layer", "depth"], errors="ignore"),
+            "score": score,
+            "score_mean": chosen["score_mean"],
+            "score_sem": (score.std("subject", ddof=1, skipna=True) / np.sqrt(n)).where(n > 1),
+            "best_layer": chosen["best_layer"],
+            "best_depth": chosen["best_depth"],
         }
     )
+    out.attrs.update(layer_rule=chosen.attrs["layer_rule"], layer_rule_text=chosen.attrs["layer_rule_text"])
+    if _has_boot(res):
+        _check_method(method, res)
+        est, reps, _ = _curve_replicates(res, "best", subjects, chosen)
+        lo, hi = _interval(reps, est, level, method, res)
+        out["score_lo"] = lo
+        out["score_hi"] = hi
+        out.attrs.update(interval=_interval_text(res, level, subjects, method), level=level, method=method)
     return out.transpose("roi", "checkpoint", ...)
+
+
+# -- ROI-level inference -----------------------------------------------------------------
+def _has_boot(res: xr.Dataset) -> bool:
+    """True when the store holds bootstrap replicates of ROI means (``rois.how: mean``)."""
+    if "roi_boot" not in res or not np.isfinite(res["roi_boot"].values).any():
+        return False
+    how = (res.attrs.get("config") or {}).get("rois", {}).get("how", "mean")
+    return how == "mean"
+
+
+def _need_boot(res: xr.Dataset) -> None:
+    if "roi_boot" not in res or not np.isfinite(res["roi_boot"].values).any():
+        raise ValidationError("these results have no bootstrap replicates (roi_boot): rerun the sweep with this "
+                              "version of brainalign (or fit with rois=...)")
+    how = (res.attrs.get("config") or {}).get("rois", {}).get("how", "mean")
+    if how != "mean":
+        raise ValidationError(f"ROI intervals are for ROI-mean scores (rois.how: mean); these ROI scores are {how!r}")
+
+
+def _bootstrap_info(res: xr.Dataset) -> dict:
+    info = res.attrs.get("bootstrap") or {}
+    if isinstance(info, str):
+        import json
+
+        info = json.loads(info)
+    n_blocks = info.get("n_blocks", res.attrs.get("boot_blocks"))
+    return {"n_boot": int(res.sizes.get("boot", info.get("n_boot", 0))),
+            "block_length": info.get("block_length", res.attrs.get("boot_block_length")),
+            "seed": int(info.get("seed", res.attrs.get("boot_seed", 0))),
+            "n_blocks": None if n_blocks is None else int(n_blocks)}
+
+
+def _check_method(method: str, res: xr.Dataset) -> None:
+    if method not in METHODS:
+        raise ValidationError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "t" and not (_bootstrap_info(res)["n_blocks"] or 0) > 1:
+        raise ValidationError("method='t' needs the number of bootstrap blocks (attribute bootstrap.n_blocks or "
+                              "boot_blocks), and at least 2; use method='percentile'")
+
+
+def _interval_text(res: xr.Dataset, level: float, subjects: str, method: str) -> str:
+    b = _bootstrap_info(res)
+    who = ""
+    if res.sizes.get("subject", 1) > 1:
+        who = ("; subjects resampled too (replicate b of the subject mean is the mean over a resample of subjects of "
+               "their replicate b)" if subjects == "resample" else "; subjects fixed (the mean over these subjects)")
+    nb = f"{b['n_blocks']} blocks of {b['block_length']} TRs" if b["n_blocks"] else f"blocks of {b['block_length']} TRs"
+    how = ("estimate ± t(n_blocks - 1) quantile × sqrt(n_blocks / (n_blocks - 1)) × the bootstrap SD"
+           if method == "t" else "percentiles of the replicates")
+    return (f"{level:.0%} intervals from a block bootstrap over the test stories' TRs ({b['n_boot']} replicates, "
+            f"{nb} within stories{who}; {how})")
+
+
+def _subject_replicates(boot: np.ndarray, subjects: str, seed: int) -> np.ndarray:
+    """Replicates of the subject mean from per-subject replicates (``..., subject, boot``):
+    with ``subjects="resample"``, replicate ``b`` averages a resample of the subjects drawn
+    by :func:`~brainalign.encoding.bootstrap.subject_draws` (the same at every
+    checkpoint); NaN subjects are left out of each mean."""
+    from ..encoding.bootstrap import subject_draws
+
+    if subjects not in SUBJECT_RULES:
+        raise ValidationError(f"subjects must be one of {SUBJECT_RULES}, got {subjects!r}")
+    S, B = boot.shape[-2], boot.shape[-1]
+    w = subject_draws(S, B, seed) if subjects == "resample" and S > 1 else np.ones((B, S))
+    ok = np.isfinite(boot)
+    num = np.einsum("...sb,bs->...b", np.where(ok, boot, 0.0), w)
+    den = np.einsum("...sb,bs->...b", ok.astype(np.float64), w)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.maximum(den, 1e-300), np.nan)
+
+
+def _strip(reps: xr.DataArray) -> tuple[tuple, dict]:
+    return reps.dims[:-1], {k: v for k, v in reps.coords.items() if "boot" not in v.dims}
+
+
+def _t_factor(res: xr.Dataset, q: float) -> float:
+    from scipy import stats
+
+    nb = _bootstrap_info(res)["n_blocks"]
+    return float(stats.t.ppf(q, nb - 1) * np.sqrt(nb / (nb - 1)))
+
+
+def _interval(reps: xr.DataArray, est: xr.DataArray, level: float, method: str, res: xr.Dataset):
+    """(low, high) of ``level`` intervals from replicates (``boot`` last) around ``est``."""
+    if not 0 < level < 1:
+        raise ValidationError(f"level must be in (0, 1), got {level}")
+    dims, coords = _strip(reps)
+    v = np.asarray(reps.values, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells give NaN
+        if method == "percentile":
+            q = np.nanquantile(v, [(1 - level) / 2, (1 + level) / 2], axis=-1)
+            lo, hi = q[0], q[1]
+        else:
+            half = _t_factor(res, (1 + level) / 2) * np.nanstd(v, axis=-1, ddof=1)
+            e = np.asarray(est.transpose(*dims).values, dtype=np.float64)
+            lo, hi = e - half, e + half
+    return xr.DataArray(lo, dims=dims, coords=coords), xr.DataArray(hi, dims=dims, coords=coords)
+
+
+def _replicates(res: xr.Dataset, subjects: str) -> xr.DataArray:
+    """Subject-mean replicates (roi, checkpoint, layer, boot) of the ROI-mean r."""
+    boot = res["roi_boot"].transpose("roi", "checkpoint", "layer", "subject", "boot")
+    reps = _subject_replicates(np.asarray(boot.values, dtype=np.float64), subjects, _bootstrap_info(res)["seed"])
+    coords = {k: v for k, v in boot.coords.items() if "subject" not in v.dims}
+    return xr.DataArray(reps, dims=("roi", "checkpoint", "layer", "boot"), coords=coords)
+
+
+def _with_checkpoint(res: xr.Dataset) -> xr.Dataset:
+    """Results of one fit (no checkpoint dim) as a one-checkpoint store."""
+    if "checkpoint" in res.dims:
+        return _done(res)
+    label = res.attrs.get("revision") or "fit"
+    return res.expand_dims(checkpoint=[str(label)])
+
+
+def roi_intervals(res: xr.Dataset, level: float = LEVEL, subjects: str = "resample", method: str = "t") -> xr.Dataset:
+    """Block-bootstrap intervals of every ROI score at every checkpoint and layer.
+
+    ``res`` is a sweep's results (or one :func:`brainalign.encoding.fit` result made
+    with ``rois=``: one checkpoint). Each subject's replicates (``roi_boot``) resample
+    the test stories' TR blocks. The interval of a subject mean resamples subjects as
+    well (``subjects="resample"``: replicate ``b`` = the mean over a resample of
+    subjects of their replicate ``b``; for the population the subjects come from, and
+    conservative, since the within-subject noise is counted by both resamplings) or
+    keeps them (``subjects="fixed"``: the mean over these subjects).
+
+    ``method="t"`` (default): estimate ± ``t_{n_blocks - 1}`` quantile ×
+    ``sqrt(n_blocks / (n_blocks - 1))`` × the replicates' SD: with the 4-30 blocks a test
+    story gives, the replicates' spread has few degrees of freedom and plain percentiles
+    under-cover (measured on simulated data at r = 0, 95% intervals: 80% with 4 blocks, 87% with 8,
+    90-91% with 15-36; t intervals 93-96%, see tests/test_roi_inference.py);
+    ``method="percentile"``: percentiles of the replicates.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``estimate``, ``lo``, ``hi`` (roi, checkpoint, layer) for the subject mean;
+        ``estimate_subject``, ``lo_subject``, ``hi_subject`` (roi, checkpoint, layer,
+        subject) for each subject. Attributes ``level``, ``method``, ``interval``.
+    """
+    res = _with_checkpoint(res)
+    _need_boot(res)
+    _check_method(method, res)
+    rs = res["roi_score"].transpose("roi", "checkpoint", "layer", "subject")
+    est = rs.mean("subject", skipna=True)
+    lo, hi = _interval(_replicates(res, subjects), est, level, method, res)
+    per = res["roi_boot"].astype(np.float64).transpose("roi", "checkpoint", "layer", "subject", "boot")
+    lo_s, hi_s = _interval(per, rs, level, method, res)
+    out = xr.Dataset({"estimate": est, "lo": lo, "hi": hi, "estimate_subject": rs, "lo_subject": lo_s,
+                      "hi_subject": hi_s})
+    out.attrs.update(level=level, subjects=subjects, method=method,
+                     interval=_interval_text(res, level, subjects, method))
+    return out
+
+
+def _curve_replicates(res: xr.Dataset, layer, subjects: str, chosen: xr.Dataset | None = None):
+    """(estimate (roi, checkpoint), replicates (roi, checkpoint, boot), layer (roi, checkpoint))
+    of the subject mean at ``layer`` ("best": the layer :func:`choose_layer` picks)."""
+    reps = _replicates(res, subjects)
+    rs = res["roi_score"]
+    if layer == "best":
+        chosen = _chosen(res) if chosen is None else chosen
+        best = chosen["best_layer"].transpose("roi", "checkpoint")
+        layers = np.asarray(res["layer"].values)
+        b = np.asarray(best.values)
+        found = np.isfinite(b)
+        idx = np.searchsorted(layers, np.where(found, b, layers[0]).astype(layers.dtype))
+        idx_da = xr.DataArray(idx, dims=("roi", "checkpoint"), coords={k: v for k, v in best.coords.items()})
+        est = chosen["score_mean"].transpose("roi", "checkpoint")
+        r = reps.isel(layer=idx_da).drop_vars(["layer", "depth"], errors="ignore")
+        r = r.where(xr.DataArray(found, dims=("roi", "checkpoint")))
+        return est, r.transpose("roi", "checkpoint", "boot"), best
+    if int(layer) not in res["layer"].values:
+        raise ValidationError(f"no layer {layer} (layers: {list(map(int, res.layer.values))})")
+    est = rs.sel(layer=int(layer)).mean("subject", skipna=True).transpose("roi", "checkpoint")
+    r = reps.sel(layer=int(layer)).drop_vars(["layer", "depth"], errors="ignore").transpose("roi", "checkpoint", "boot")
+    return est.drop_vars(["layer", "depth"], errors="ignore"), r, xr.full_like(est, float(layer))
+
+
+def _paired(da: xr.DataArray, db: xr.DataArray, diff: xr.DataArray, level: float, method: str,
+            res: xr.Dataset) -> dict:
+    """Difference ``b - a`` of paired replicates: interval and two-sided p-value."""
+    d = (db - da).transpose(..., "boot")
+    lo, hi = _interval(d, diff, level, method, res)
+    v = np.asarray(d.values, dtype=np.float64)
+    ok = np.isfinite(v)
+    n = ok.sum(-1)
+    dims, coords = _strip(d)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if method == "percentile":
+            below = np.where(ok, v <= 0, False).sum(-1)
+            above = np.where(ok, v >= 0, False).sum(-1)
+            p = np.where(n > 0, np.minimum(1.0, 2 * (np.minimum(below, above) + 1) / (n + 1)), np.nan)
+        else:
+            from scipy import stats
+
+            nb = _bootstrap_info(res)["n_blocks"]
+            se = np.nanstd(v, axis=-1, ddof=1) * np.sqrt(nb / (nb - 1))
+            t = np.abs(np.asarray(diff.transpose(*dims).values, dtype=np.float64)) / se
+            p = np.where((n > 1) & np.isfinite(t), 2 * stats.t.sf(t, nb - 1), np.nan)
+            p = np.where((n > 1) & (se == 0), np.where(np.asarray(diff.transpose(*dims).values) == 0, 1.0, 0.0), p)
+    return {"lo": lo, "hi": hi, "pvalue": xr.DataArray(p, dims=dims, coords=coords)}
+
+
+def checkpoint_difference(res: xr.Dataset, a: str, b: str, *, layer="best", level: float = LEVEL,
+                          subjects: str = "resample", method: str = "t") -> xr.Dataset:
+    """Paired bootstrap difference of ROI scores between checkpoints ``a`` and ``b`` (b - a).
+
+    Replicate ``k`` of both checkpoints uses the same test-story blocks (and the same
+    resample of subjects), so the replicate differences measure the uncertainty of the
+    difference itself. ``layer="best"``: each checkpoint's chosen layer (by the
+    training-story CV score, :func:`brainalign.rois.choose_layer`); an int: that layer.
+    ``method`` and ``subjects`` as in :func:`roi_intervals`.
+
+    Returns
+    -------
+    xarray.Dataset (roi)
+        ``difference``, ``lo``, ``hi`` (``level`` interval), ``pvalue`` (two-sided:
+        ``method="t"``: from the t distribution with ``n_blocks - 1`` degrees of freedom
+        of ``difference / (sqrt(n_blocks / (n_blocks - 1)) x SD of the replicate
+        differences)``; ``"percentile"``: ``2 min(#{d_k <= 0} + 1, #{d_k >= 0} + 1) /
+        (n_boot + 1)``, at least ``2 / (n_boot + 1)``), ``layer_a``, ``layer_b``.
+    """
+    res = _done(res)
+    _need_boot(res)
+    _check_method(method, res)
+    for c in (a, b):
+        if c not in res.checkpoint.values:
+            raise ValidationError(f"no done checkpoint {c!r} (checkpoints: {list(res.checkpoint.values)})")
+    est, reps, layers = _curve_replicates(res, layer, subjects)
+    diff = est.sel(checkpoint=b, drop=True) - est.sel(checkpoint=a, drop=True)
+    pa = _paired(reps.sel(checkpoint=a, drop=True), reps.sel(checkpoint=b, drop=True), diff, level, method, res)
+    out = xr.Dataset({"difference": diff, **pa, "layer_a": layers.sel(checkpoint=a, drop=True),
+                      "layer_b": layers.sel(checkpoint=b, drop=True)})
+    out = out.drop_vars([c for c in out.coords if c not in out.dims and c != "roi_label"], errors="ignore")
+    out.attrs.update(a=str(a), b=str(b), level=level, method=method,
+                     interval=_interval_text(res, level, subjects, method))
+    return out
+
+
+def consecutive_differences(res: xr.Dataset, *, layer="best", level: float = LEVEL,
+                            subjects: str = "resample", method: str = "t") -> xr.Dataset:
+    """:func:`checkpoint_difference` of every pair of consecutive done checkpoints
+    (training order), along a ``pair`` dim with coordinates ``start`` and ``end`` (the
+    labels) and ``tokens_start``, ``tokens_end``."""
+    res = _done(res)
+    _need_boot(res)
+    _check_method(method, res)
+    labels = res.checkpoint.values.tolist()
+    if len(labels) < 2:
+        raise ValidationError("consecutive differences need at least two done checkpoints")
+    est, reps, layers = _curve_replicates(res, layer, subjects)
+
+    def pairs(da: xr.DataArray, first: bool) -> xr.DataArray:
+        da = da.isel(checkpoint=slice(None, -1) if first else slice(1, None))
+        da = da.drop_vars([c for c in da.coords if "checkpoint" in da[c].dims])
+        return da.rename(checkpoint="pair").assign_coords(pair=np.arange(len(labels) - 1))
+
+    diff = pairs(est, False) - pairs(est, True)
+    pa = _paired(pairs(reps, True), pairs(reps, False), diff, level, method, res)
+    out = xr.Dataset({"difference": diff, **pa, "layer_start": pairs(layers, True), "layer_end": pairs(layers, False)})
+    tokens = res["tokens"].values if "tokens" in res.coords else np.full(len(labels), np.nan)
+    out = out.assign_coords(start=("pair", labels[:-1]), end=("pair", labels[1:]),
+                            tokens_start=("pair", np.asarray(tokens[:-1], dtype=float)),
+                            tokens_end=("pair", np.asarray(tokens[1:], dtype=float)))
+    out.attrs.update(level=level, method=method, interval=_interval_text(res, level, subjects, method))
+    return out.transpose("roi", "pair")
 
 
 def _has_axis(curves: xr.Dataset, x: str) -> bool:
     return x in curves.coords and np.isfinite(curves[x].values).sum() >= 4
 
 
-def phase_table(curves: xr.Dataset, x: str = "tokens", n_boot: int = 200) -> tuple[dict, pd.DataFrame]:
-    """Phase transitions of each ROI's curve: ({roi: PhaseResult}, one table)."""
+def roi_significance(res: xr.Dataset, alpha: float = 0.05) -> xr.DataArray:
+    """Per ROI: is the subject-mean score of the chosen layer above zero at some checkpoint?
+
+    One-sided, Bonferroni over the done checkpoints: the lower end of the
+    ``1 - 2 alpha / n_checkpoints`` interval of :func:`roi_curves` is above zero.
+    """
+    n = int(_done(res).sizes["checkpoint"])
+    lo = roi_curves(res, level=1 - 2 * alpha / n)["score_lo"]
+    out = (lo > 0).any("checkpoint")
+    out.attrs["test"] = (f"subject-mean ROI score > 0 at some checkpoint (block-bootstrap interval), one-sided "
+                         f"alpha = {alpha:g}, Bonferroni over {n} checkpoints")
+    return out
+
+
+def phase_table(curves: xr.Dataset, x: str = "tokens", n_boot: int = 200,
+                significant: "Mapping[str, bool] | xr.DataArray | None" = None) -> tuple[dict, pd.DataFrame]:
+    """Phase transitions of each ROI's curve: ({roi: PhaseResult}, one table).
+
+    ``significant`` (roi -> bool, or a boolean DataArray over ``roi``; default
+    ``curves["significant"]`` when present) says which ROIs' alignment is significant:
+    the others get no phases ("no significant alignment").
+    """
     from ..dynamics import detect_phases
 
+    if significant is None and "significant" in curves:
+        significant = curves["significant"]
     if not _has_axis(curves, x):
         x = "step"
     if not _has_axis(curves, x):
@@ -89,7 +410,11 @@ def phase_table(curves: xr.Dataset, x: str = "tokens", n_boot: int = 200) -> tup
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                pr = detect_phases(curve.isel(checkpoint=np.flatnonzero(keep)), x=x, n_boot=n_boot, name=roi)
+                sig = None
+                if significant is not None:
+                    sig = significant.get(roi) if isinstance(significant, Mapping) else significant.sel(roi=roi).item()
+                pr = detect_phases(curve.isel(checkpoint=np.flatnonzero(keep)), x=x, n_boot=n_boot, name=roi,
+                                   significant=None if sig is None else bool(sig))
         except ValidationError as exc:  # too few checkpoints for a segmentation
             log.info("no phase detection for %s: %s", roi, exc)
             continue
@@ -198,9 +523,16 @@ def analyze(path: str | Path, internal: bool = True, n_boot: int = 200, trust_re
     sweep = Sweep(path)
     res = sweep.results
     curves = roi_curves(res)
+    if "score_lo" in curves:  # phases only where alignment is significant
+        curves["significant"] = roi_significance(res)
     phases, table = phase_table(curves, n_boot=n_boot)
     states = internal_state_curves(path, trust_remote_code=trust_remote_code) if internal else None
     return {"results": res, "curves": curves, "phases": phases, "phase_table": table, "internal": states}
+
+
+def _layer_label(v) -> str:
+    v = float(v)
+    return str(int(v)) if np.isfinite(v) else "-"
 
 
 def _tokens_label(v: float) -> str:
@@ -300,7 +632,9 @@ def report(path: str | Path, out: str | Path = "report.html", figures_dir: str |
     # single-ROI figures show
     lead = str(curves["score_mean"].max("checkpoint").idxmax("roi").values)
     best_ck = str(curves["score_mean"].sel(roi=lead).idxmax("checkpoint").values)
-    best_layer = int(curves["best_layer"].sel(roi=lead, checkpoint=best_ck))
+    layer_of = {c: float(curves["best_layer"].sel(roi=lead, checkpoint=c)) for c in done.checkpoint.values.tolist()}
+    layer_of = {c: int(v) if np.isfinite(v) else int(done.layer.values[0]) for c, v in layer_of.items()}
+    best_layer = layer_of[best_ck]
 
     sections = []
     # -- summary
@@ -310,7 +644,7 @@ def report(path: str | Path, out: str | Path = "report.html", figures_dir: str |
             "best checkpoint": [str(curves["score_mean"].sel(roi=r).idxmax("checkpoint").values) for r in curves.roi.values],
             "best r (subject mean)": [float(curves["score_mean"].sel(roi=r).max()) for r in curves.roi.values],
             f"r at {last}": [float(curves["score_mean"].sel(roi=r, checkpoint=last)) for r in curves.roi.values],
-            f"best layer at {last}": [int(curves["best_layer"].sel(roi=r, checkpoint=last)) for r in curves.roi.values],
+            f"chosen layer at {last}": [_layer_label(curves["best_layer"].sel(roi=r, checkpoint=last)) for r in curves.roi.values],
             "pattern": [phases[r].pattern if r in phases else "(too few checkpoints)" for r in curves.roi.values],
         }
     )
@@ -323,29 +657,47 @@ def report(path: str | Path, out: str | Path = "report.html", figures_dir: str |
         f"{res.sizes['target']} targets in {space}). Model {res.attrs.get('model')} with {res.attrs.get('n_layers')} layers; "
         f"{done.sizes['checkpoint']} of {res.sizes['checkpoint']} checkpoints done; layers {list(map(int, res.layer.values))}.",
         "Scores are held-out Pearson r on the test stories, alphas chosen per target by leave-stories-out "
-        "cross-validation on the training stories. ROI curves take, at each checkpoint, the layer with the best subject-mean score.",
+        f"cross-validation on the training stories. ROI curves take, at each checkpoint, {curves.attrs['layer_rule_text']}.",
         "Noise ceilings (CCmax, Schoppe et al. 2016, from the test story's repeats) are shown beside the raw scores when the "
         "data have repeats; they are not applied to the scores. CCmax is undefined where the repeats show no signal; "
         "those targets count as 0 in the ROI means.",
     ]
+    if "interval" in curves.attrs:
+        ptext = ("from the t distribution with n_blocks - 1 degrees of freedom of the difference over its bootstrap SD"
+                 if curves.attrs.get("method") == "t" else "from the replicates' signs")
+        text.append(f"Uncertainty: {curves.attrs['interval']}. Differences between checkpoints are paired (the same "
+                    f"blocks in every replicate); their two-sided p-values come {ptext}.")
     sections.append(Section("Summary", text=text, tables=[summary]))
 
     # -- curves and phases
     figs = []
     fig = plot_curves(curves, x="tokens" if _has_axis(curves, "tokens") else "step", phases=phases.get(lead),
-                      figsize=(6.5, 3.6), title="Brain alignment over training (best layer)")
-    figs.append((save(fig, "curves.png"), f"ROI alignment over training, mean ± SEM over subjects; shading: phases of {lead}."))
+                      figsize=(6.5, 3.6), title="Brain alignment over training (layer chosen on the training stories)"
+                      if curves.attrs["layer_rule"] == "cv" else "Brain alignment over training (best held-out layer)")
+    band = (f"{curves.attrs.get('level', LEVEL):.0%} block-bootstrap intervals of the subject mean" if "score_lo" in curves
+            else "mean ± SEM over subjects")
+    figs.append((save(fig, "curves.png"), f"ROI alignment over training at the chosen layer, {band}; shading: phases of {lead}."))
     sec = Section("Alignment over training and phase transitions", figures=figs)
     sec.text = [p.summary() for p in phases.values()] or ["Too few checkpoints with a training axis for phase detection."]
     if len(table):
         sec.tables.append(table)
+    if "score_lo" in curves and done.sizes["checkpoint"] > 1:
+        diffs = consecutive_differences(done).sel(roi=lead)
+        sec.tables.append(pd.DataFrame({
+            "ROI": lead,
+            "from": diffs.start.values, "to": diffs.end.values,
+            "difference in r": diffs.difference.values,
+            "interval low": diffs.lo.values, "interval high": diffs.hi.values,
+            "p (two-sided bootstrap)": diffs.pvalue.values,
+        }))
     sections.append(sec)
 
     # -- layers x checkpoints
     heat = done["roi_score"].sel(roi=lead).mean("subject")
     fig = plot_layer_heatmap(heat.transpose("layer", "checkpoint"), x="tokens" if _has_axis(curves, "tokens") else "step",
-                             figsize=(6.5, 3.4), title=f"{lead}: layer × checkpoint")
-    sections.append(Section("Layers × checkpoints", figures=[(save(fig, "layer_heatmap.png"), "Subject-mean ROI score per layer and checkpoint; dots mark the best layer.")]))
+                             best=curves["best_layer"].sel(roi=lead), figsize=(6.5, 3.4), title=f"{lead}: layer × checkpoint")
+    rule = "training-story CV score" if curves.attrs["layer_rule"] == "cv" else "held-out score (no CV scores stored)"
+    sections.append(Section("Layers × checkpoints", figures=[(save(fig, "layer_heatmap.png"), "Subject-mean held-out ROI score per layer and checkpoint; dots mark the layer chosen by the " + rule + ".")]))
 
     # -- maps
     if surface:
@@ -354,8 +706,7 @@ def report(path: str | Path, out: str | Path = "report.html", figures_dir: str |
         fig = flatmap(v, space=space, title=f"{best_ck}, layer {best_layer}: held-out r (subject mean)", label="held-out r")
         maps.append((save(fig, "flatmap_best.png"), f"Best checkpoint and layer of {lead}."))
         if movie and done.sizes["checkpoint"] > 1:
-            frames = [mean_score.sel(checkpoint=c, layer=int(curves["best_layer"].sel(roi=lead, checkpoint=c))).values
-                      for c in done.checkpoint.values]
+            frames = [mean_score.sel(checkpoint=c, layer=layer_of[c]).values for c in done.checkpoint.values.tolist()]
             labels = [f"{c} — {_tokens_label(float(t))} tokens" for c, t in zip(done.checkpoint.values, done.tokens.values)]
             gif = figdir / "movie.gif" if figdir else out.with_name(f"{out.stem}_movie.gif")
             flatmap_movie(frames, labels, out=gif, space=space, label="held-out r")

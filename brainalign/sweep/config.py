@@ -12,7 +12,7 @@ Example::
     layers: all                        # or [0, 4, 8], or {depths: [0.25, 0.5, 1.0]}
     features: {context_tokens: 512}
     encoding: {alphas: {logspace: [0, 6, 13]}, n_folds: 5, backend: auto}
-    stats: {permutations: 1000, fdr: 0.05}
+    stats: {test: sign, fdr: 0.05}  # or test: block (permutations: 1000, block_size: 20), or none
     rois: {atlas: language}
     output: {store: results.zarr}
     executor: {kind: local}
@@ -23,11 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from .._yaml import StrictModel, read_yaml_model
@@ -105,9 +106,37 @@ class EncodingConfig(StrictModel):
 
 
 class StatsConfig(StrictModel):
-    permutations: int = Field(0, ge=0)
-    block_size: int = Field(10, gt=0)
+    #: significance test of each target's held-out r: "sign" (spectral sign randomisation,
+    #: analytic; holds its level on BOLD autocorrelation), "block" (block permutation), "none"
+    test: Literal["sign", "block", "none"] = "sign"
+    #: the block test's number of block orders and block length in TRs
+    permutations: int = Field(1000, ge=1)
+    block_size: int = Field(20, gt=0)
+    #: Benjamini-Hochberg FDR level over the targets of each layer and subject
     fdr: float = Field(0.05, gt=0, lt=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _before_test_key(cls, v: Any) -> Any:
+        """Configs from before ``stats.test``: permutations > 0 meant the block test, 0 none."""
+        if isinstance(v, dict) and "test" not in v and "permutations" in v:
+            v = dict(v)
+            n = v.pop("permutations")
+            v["test"] = "block" if n else "none"
+            if n:
+                v["permutations"] = n
+            warnings.warn(f"stats.permutations: {n} without stats.test is read as stats.test: {v['test']}; "
+                          "say stats.test (the default, 'sign', needs no permutations)", DeprecationWarning, stacklevel=2)
+        return v
+
+    def effective(self) -> dict:
+        """The settings that change results (the block test's alone use its knobs)."""
+        d = self.model_dump(mode="json")
+        if self.test != "block":
+            d.pop("permutations"), d.pop("block_size")
+        if self.test == "none":
+            d.pop("fdr")
+        return d
 
 
 class RoiConfig(StrictModel):
@@ -225,16 +254,30 @@ def check_slurm_available() -> None:
 
 #: the config sections that change a stored value (ROI scores depend on ``rois``)
 HASHED = ("dataset", "model", "layers", "features", "encoding", "stats", "rois")
-#: what stores made before brainalign hashed ``rois`` were keyed by (see ResultsStore.rehash)
-LEGACY_HASHED = ("dataset", "model", "layers", "features", "encoding", "stats")
 
 
-def config_hash(cfg: RunConfig, parts: tuple[str, ...] = HASHED) -> str:
-    """Hash of the settings that change a stored value (not output, executor, revisions).
-
-    Two runs whose hashes differ must not write into the same store.
-    """
+def settings(cfg: RunConfig) -> dict:
+    """The settings that change a stored value: not output, executor or revisions (adding
+    checkpoints is compatible), nor the knobs of a test that is not used."""
     d = cfg.model_dump(mode="json")
-    sub = {k: d[k] for k in parts}
-    sub["model"] = {k: v for k, v in sub["model"].items() if k != "revisions"}  # adding checkpoints is compatible
-    return hashlib.sha256(json.dumps(sub, sort_keys=True).encode()).hexdigest()[:16]
+    sub = {k: d[k] for k in HASHED}
+    sub["model"] = {k: v for k, v in sub["model"].items() if k != "revisions"}
+    sub["stats"] = cfg.stats.effective()
+    return sub
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Hash of :func:`settings`: two runs whose hashes differ must not write into one store."""
+    return hashlib.sha256(json.dumps(settings(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def settings_diff(old: RunConfig, new: RunConfig) -> list[str]:
+    """``key: old -> new`` for each setting that differs between two configs."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(settings(old)), flat(settings(new))
+    return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

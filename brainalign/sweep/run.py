@@ -16,6 +16,7 @@ import resource
 import socket
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,13 +26,19 @@ import numpy as np
 import xarray as xr
 
 from .._version import __version__
+from ..encoding.bootstrap import DEFAULT_BLOCK_LENGTH, DEFAULT_N_BOOT
+from ..encoding.stats import MIN_PERMUTATION_BLOCKS
 from ..errors import ValidationError
-from .config import LEGACY_HASHED, RunConfig, check_slurm_available, config_hash, load_config
-from .store import ResultsStore
+from .config import RunConfig, check_slurm_available, config_hash, load_config, settings_diff
+from .store import IncompatibleStoreError, ResultsStore
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Checkpoint", "Plan", "make_plan", "run", "run_checkpoint", "Sweep"]
+
+#: The block bootstrap of ROI scores every sweep stores (``roi_boot``): replicates, TRs
+#: per block, seed. Replicate ``b`` uses the same test-story blocks at every checkpoint.
+BOOTSTRAP = {"n_boot": DEFAULT_N_BOOT, "block_length": DEFAULT_BLOCK_LENGTH, "seed": 0}
 
 
 @dataclass(frozen=True)
@@ -65,12 +72,16 @@ class Plan:
         return Path(self.config.output.store).expanduser()
 
     def layout_key(self) -> dict:
+        # the stored variables and their dims are part of the layout: a store made by a
+        # version with other variables is refused before any work, not failed mid-run
         return {
             "hash": self.settings_hash,
             "layers": self.layers,
             "subjects": self.subjects,
             "n_targets": self.n_targets,
             "rois": self.rois,
+            "bootstrap": dict(BOOTSTRAP),
+            "variables": {name: list(dims) for name, (dims, _) in sorted(_variables(self).items())},
         }
 
 
@@ -247,16 +258,16 @@ def make_plan(config: RunConfig | str | Path | dict) -> Plan:
             )
         if n_test == 0:
             raise ValidationError(f"dataset: subject {s} has none of the test stories {ds.test_stories}")
-        if cfg.stats.permutations > 0:
+        if cfg.stats.test == "block":
             n_trs = sum(ds.stories[st].n_trs for st in ds.test_stories_of(s))
-            if n_trs // cfg.stats.block_size < 4:
+            if n_trs // cfg.stats.block_size < MIN_PERMUTATION_BLOCKS:
                 raise ValidationError(
                     f"stats.block_size: {cfg.stats.block_size} TRs make only {n_trs // cfg.stats.block_size} blocks of "
-                    f"subject {s}'s {n_trs} test TRs; a permutation test needs at least 4 (use a block size of at most "
-                    f"{max(n_trs // 4, 1)})"
+                    f"subject {s}'s {n_trs} test TRs; a permutation test needs at least {MIN_PERMUTATION_BLOCKS} (use a "
+                    f"block size of at most {max(n_trs // MIN_PERMUTATION_BLOCKS, 1)}, or stats.test: sign)"
                 )
-    if cfg.rois.how == "fraction_significant" and cfg.stats.permutations == 0:
-        raise ValidationError("rois.how: 'fraction_significant' needs significance tests: set stats.permutations > 0")
+    if cfg.rois.how == "fraction_significant" and cfg.stats.test == "none":
+        raise ValidationError("rois.how: 'fraction_significant' needs significance tests: stats.test is 'none'")
     spaces = {s: ds.space(s) for s in subjects}
     names = {sp.name for sp in spaces.values()}
     if len(names) > 1 and any(sp.is_surface for sp in spaces.values()):
@@ -297,19 +308,35 @@ def _variables(plan: Plan) -> dict[str, tuple[tuple[str, ...], str]]:
         "score": (full, "float32"),
         "r2": (full, "float32"),
         "alpha": (full, "float32"),
+        "cv_score": (full, "float32"),
         "roi_score": (("checkpoint", "layer", "subject", "roi"), "float32"),
+        "roi_cv_score": (("checkpoint", "layer", "subject", "roi"), "float32"),
+        "roi_boot": (("checkpoint", "layer", "subject", "roi", "boot"), "float32"),
         "feature_norm": (("checkpoint", "layer"), "float32"),
         "lm_loss": (("checkpoint",), "float32"),
         "task_seconds": (("checkpoint",), "float32"),
         "task_peak_rss_mb": (("checkpoint",), "float32"),
     }
-    if plan.config.stats.permutations > 0:
+    if plan.config.stats.test != "none":
         v["pvalue"] = (full, "float32")
         v["significant"] = (full, "bool")
     return v
 
 
-def _region(plan: Plan, res: xr.Dataset, roi: xr.DataArray, fs) -> xr.Dataset:
+def _roi_array(plan: Plan, roi: xr.DataArray, extra: tuple[str, ...] = ()) -> np.ndarray:
+    """``roi`` (layer, subject, roi, *extra) on the plan's layers, subjects and ROIs (NaN elsewhere)."""
+    roi = roi.transpose("layer", "subject", "roi", *extra)
+    out = np.full((len(plan.layers), len(plan.subjects), len(plan.rois), *(roi.sizes[d] for d in extra)), np.nan,
+                  dtype="float32")
+    li = [plan.layers.index(int(layer)) for layer in roi.layer.values]
+    si = [plan.subjects.index(str(s)) for s in roi.subject.values]
+    for j, name in enumerate(roi.roi.values.tolist()):
+        if name in plan.rois:
+            out[np.ix_(li, si, [plan.rois.index(name)])] = roi.values[:, :, j : j + 1]
+    return out
+
+
+def _region(plan: Plan, res: xr.Dataset, roi: xr.DataArray, fs, roi_cv: xr.DataArray | None = None) -> xr.Dataset:
     """Shape one checkpoint's results to the store's layout (NaN-padded targets)."""
     vars_ = _variables(plan)
     out = {}
@@ -322,12 +349,11 @@ def _region(plan: Plan, res: xr.Dataset, roi: xr.DataArray, fs) -> xr.Dataset:
         si = [plan.subjects.index(str(s)) for s in da.subject.values]
         arr[np.ix_(li, si, np.arange(da.sizes["target"]))] = da.values.astype(dtype)
         out[name] = (("layer", "subject", "target"), arr)
-    rs = np.full((len(plan.layers), len(plan.subjects), len(plan.rois)), np.nan, dtype="float32")
-    roi = roi.transpose("layer", "subject", "roi")
-    for name in roi.roi.values.tolist():
-        if name in plan.rois:
-            rs[:, :, plan.rois.index(name)] = roi.sel(roi=name).values
-    out["roi_score"] = (("layer", "subject", "roi"), rs)
+    out["roi_score"] = (("layer", "subject", "roi"), _roi_array(plan, roi))
+    if roi_cv is not None:
+        out["roi_cv_score"] = (("layer", "subject", "roi"), _roi_array(plan, roi_cv))
+    if "roi_boot" in res:
+        out["roi_boot"] = (("layer", "subject", "roi", "boot"), _roi_array(plan, res["roi_boot"], ("boot",)))
     norms = fs.metrics.get("activation_norm") or {}
     out["feature_norm"] = (("layer",), np.array([norms.get(layer, np.nan) for layer in plan.layers], dtype="float32"))
     loss = fs.metrics.get("mean_loss")  # token-weighted next-token loss on the stories (causal LMs)
@@ -363,6 +389,10 @@ def run_checkpoint(plan: Plan, index: int, progress: bool = False) -> dict:
         trust_remote_code=cfg.model.trust_remote_code,
         progress=progress,
     )
+    if _atlas_space(plan.space):
+        atlas = rois.load_atlas(cfg.rois.atlas, space=plan.space)
+    else:  # no atlas for this space: all targets
+        atlas = whole_targets(plan.n_targets, plan.space)
     e = cfg.encoding
     res = encoding.fit(
         fs,
@@ -373,19 +403,20 @@ def run_checkpoint(plan: Plan, index: int, progress: bool = False) -> dict:
         n_folds=e.n_folds,
         backend=e.backend,
         delays=tuple(e.delays),
-        stats=cfg.stats.permutations > 0,
-        n_permutations=max(cfg.stats.permutations, 1),
+        stats=cfg.stats.test != "none",
+        stats_test="sign" if cfg.stats.test == "none" else cfg.stats.test,
+        n_permutations=cfg.stats.permutations,
         block_length=cfg.stats.block_size,
         fdr_q=cfg.stats.fdr,
         progress=progress,
+        rois=atlas,
+        n_boot=BOOTSTRAP["n_boot"],
+        boot_block_length=BOOTSTRAP["block_length"],
+        random_state=BOOTSTRAP["seed"],
     )
-    if _atlas_space(plan.space):
-        atlas = rois.load_atlas(cfg.rois.atlas, space=plan.space)
-    else:  # no atlas for this space: all targets
-        atlas = whole_targets(plan.n_targets, plan.space)
     agg = rois.aggregate(res, atlas=atlas, how=cfg.rois.how)
     roi = agg["fraction_significant" if cfg.rois.how == "fraction_significant" else "score"]
-    region = _region(plan, res, roi, fs)
+    region = _region(plan, res, roi, fs, roi_cv=agg["cv_score"])
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     region["task_seconds"] = ((), np.float32(seconds))
@@ -508,6 +539,15 @@ def _provenance(plan: Plan) -> dict:
     }
 
 
+def _n_blocks(plan: Plan) -> int:
+    """Fewest bootstrap blocks any subject's test stories make (the intervals' degrees of freedom)."""
+    from ..encoding.bootstrap import tr_blocks
+
+    ds = _dataset(plan.config)
+    return min(int(tr_blocks([ds.stories[st].n_trs for st in ds.test_stories_of(s)], BOOTSTRAP["block_length"])[-1]) + 1
+               for s in plan.subjects)
+
+
 def _create_store(plan: Plan, store: ResultsStore, force: bool) -> None:
     """The empty store of ``plan`` (or the existing one, checked and extended)."""
     coords = {
@@ -520,9 +560,10 @@ def _create_store(plan: Plan, store: ResultsStore, force: bool) -> None:
         "target": np.arange(plan.n_targets),
         "hemi": ("target", plan.hemi),
         "roi": np.array(plan.rois),
+        "boot": np.arange(BOOTSTRAP["n_boot"]),
     }
     cfg = plan.config
-    _upgrade_legacy_hash(plan, store)
+    _reuse_store(plan, store, force)
     attrs = {
         "config": cfg.model_dump(mode="json"),
         "settings_hash": plan.settings_hash,
@@ -530,21 +571,38 @@ def _create_store(plan: Plan, store: ResultsStore, force: bool) -> None:
         "dataset": cfg.dataset.name,
         "space": plan.space,
         "n_layers": plan.n_layers,
+        "bootstrap": {**BOOTSTRAP, "n_blocks": _n_blocks(plan),
+                      "over": "test-story TR blocks (within stories), resampled with replacement; "
+                              "the same draws at every checkpoint and layer"},
+        "layer_rule": "cv",
         **_provenance(plan),
     }
     store.create(coords, _variables(plan), attrs=attrs, layout_key=plan.layout_key(), force=force, data=_ceilings(plan))
 
 
-def _upgrade_legacy_hash(plan: Plan, store: ResultsStore) -> None:
-    """Re-key a store made before ``rois`` was hashed, when its ROI settings are this run's."""
-    if not store.exists() or store.layout().get("hash") == plan.settings_hash:
+def _reuse_store(plan: Plan, store: ResultsStore, force: bool) -> None:
+    """Check an existing store's settings against ``plan``'s before anything is written.
+
+    A store whose hash differs only because the hash's formula or defaults changed (its
+    saved config, read by this version, has this plan's settings) is re-keyed; any other
+    difference is refused, naming the settings that differ.
+    """
+    if force or not store.exists() or store.layout().get("hash") == plan.settings_hash:
         return
-    legacy = config_hash(plan.config, parts=LEGACY_HASHED)
-    stored_rois = store.open().attrs.get("config", "{}")
-    stored_rois = (json.loads(stored_rois) if isinstance(stored_rois, str) else stored_rois).get("rois")
-    if store.layout().get("hash") == legacy and stored_rois == plan.config.rois.model_dump(mode="json"):
-        store.rehash(legacy, plan.settings_hash)
-        log.info("results store %s: settings hash upgraded to include the ROI settings", store.path)
+    stored = store.open().attrs.get("config", "{}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            old = load_config(json.loads(stored) if isinstance(stored, str) else stored)
+    except (ValidationError, ValueError):
+        old = None
+    if old is not None and config_hash(old) == plan.settings_hash:
+        store.rehash(store.layout()["hash"], plan.settings_hash)
+        log.info("results store %s: re-keyed to this version's settings hash (same settings)", store.path)
+        return
+    diff = "; ".join(settings_diff(old, plan.config)) if old is not None else "its saved config cannot be read"
+    raise IncompatibleStoreError(f"results store {store.path} was made with other settings ({diff}); use another "
+                                 "output store, or --force to discard it and start over")
 
 
 def _todo(plan: Plan, store: ResultsStore) -> list[int]:
@@ -620,18 +678,27 @@ class Sweep:
         return self.results.attrs.get("config", {})
 
     def roi_curve(self, roi: str = "whole_cortex", layer: int | str = "best") -> xr.DataArray:
-        """Alignment of ``roi`` over checkpoints (subject x checkpoint).
+        """Held-out alignment of ``roi`` over checkpoints (subject x checkpoint).
 
-        ``layer="best"`` takes, for each checkpoint, the layer with the best subject-mean
-        score; an int takes that layer.
+        ``layer="best"`` takes, for each checkpoint, the layer chosen by
+        :func:`brainalign.rois.choose_layer`: the best subject-mean training-story CV
+        score (``roi_cv_score``; stores without one fall back to the held-out score,
+        with a warning); the chosen layers are the ``layer`` coordinate and the rule
+        the ``layer_rule`` attribute. An int takes that layer.
         """
-        rs = self.results["roi_score"]
+        from ..rois import choose_layer
+
+        res = self.results
+        rs = res["roi_score"]
         if roi not in rs.roi.values:
             raise ValidationError(f"no ROI {roi!r} in {self.path} (ROIs: {list(rs.roi.values)})")
         r = rs.sel(roi=roi)
         if layer == "best":
-            best = r.mean("subject").fillna(-np.inf).argmax("layer")
-            return r.isel(layer=best)
+            cv = res["roi_cv_score"].sel(roi=roi) if "roi_cv_score" in res else None
+            chosen = choose_layer(r, cv)
+            out = chosen["score"].assign_coords(layer=chosen["best_layer"])
+            out.attrs["layer_rule"] = chosen.attrs["layer_rule"]
+            return out.rename("roi_score")
         return r.sel(layer=int(layer))
 
     def __repr__(self) -> str:
