@@ -39,3 +39,11 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """A tiny word-level tokenizer built here (no download)."""
+    from brainalign.features.testing import tiny_tokenizer
+
+    return tiny_tokenizer()

@@ -10,7 +10,6 @@ import time
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from brainalign import ValidationError
 from brainalign.datasets import load
@@ -32,19 +31,6 @@ N5 = FSAVERAGE_SIZES["fsaverage5"]
 def _story(words=TEXT, name="walk"):
     on = np.arange(len(words)) * 0.35
     return Story(name, list(words), on, on + 0.3, 2.0, np.arange(max(3, int(on[-1] // 2))) * 2.0 + 1.0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
 
 
 def _count_loads(monkeypatch):

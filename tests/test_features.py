@@ -20,7 +20,7 @@ from brainalign.features import (
 )
 from brainalign.features import extraction as extract_mod
 from brainalign.features.revisions import PYTHIA_TOKENS_PER_STEP
-from brainalign.features.testing import tiny_checkpoint, tiny_tokenizer
+from brainalign.features.testing import tiny_checkpoint
 from brainalign.features.windows import tokens_processed
 from brainalign.stimulus import Story
 
@@ -53,11 +53,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
