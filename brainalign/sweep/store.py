@@ -588,7 +588,7 @@ def _group(path: Path, mode: str):
     """The store's root zarr group (zarr-python's own API, for in-place changes)."""
     import zarr
 
-    return zarr.open_group(str(path), mode=mode, zarr_format=2)
+    return zarr.open_group(str(path), mode=mode, zarr_format=_zarr_kwargs()["zarr_format"])
 
 
 def _encode_attr(v: Any) -> Any:
