@@ -49,9 +49,13 @@ def test_exclusions_and_onset_shift(written, sim):
     assert "theflood" in ds.stories_of("sub-sim01")
     ds_all = load("narratives", written, space=space, exclude=False)
     assert "theflood" in ds_all.stories_of("sub-sim02")
-    # sub-sim02's scan starts 2 TRs later: aligned by shifting rows, cut to the shared rows
+    # the dataset's own format: {task: {subject: [scan, ...]}}; a prefix excludes only its own task
+    (written / "code" / "scan_exclude.json").write_text(json.dumps({"theflood": {"sub-sim02": ["sub-sim02_task-the"]}}))
+    assert "theflood" in load("narratives", written, space=space).stories_of("sub-sim02")
+    # sub-sim02's scan starts 2 TRs later: aligned by shifting rows, cut to the shared rows (an events file
+    # without stim_file, as brainalign wrote before, names its story by the task)
     ev = written / "sub-sim02" / "func" / "sub-sim02_task-theflood_events.tsv"
-    ev.write_text("onset\tduration\ttrial_type\n9.0\t100\tstory\n")
+    ev.write_text("onset\tduration\ttrial_type\n9.0\t1000\tstory\n")
     ds2 = load("narratives", written, space=space, exclude=False)
     st = sim.stories["theflood"]
     assert ds2.stories["theflood"].n_trs == st.n_trs - 2
