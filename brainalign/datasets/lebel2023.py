@@ -12,6 +12,29 @@ midpoints ``t_k = 2 k - 10 + 1`` s from sound onset, rows ``[10 : n - 5]`` kept.
 ``.hf5`` must have exactly that many rows; a mismatch fails loudly, naming the file.
 Responses are read one story at a time, when asked for; loading reads only the
 ``.hf5`` headers (shapes), never the arrays.
+
+Subject volumes and surfaces (read when present, with nibabel; pycortex is not needed)::
+
+    derivative/pycortex-db/<SUBJ>/transforms/<SUBJ>_auto/{matrices.xfm, reference.nii.gz,
+                                                          mask_thick.nii.gz[, mask_cortical.nii.gz]}
+    derivative/pycortex-db/<SUBJ>/surfaces/{wm,pia,inflated,flat}_{lh,rh}.gii  (.npz for UTS02)
+    derivative/pycortex-db/<SUBJ>/surface-info/curvature.npz
+    derivative/freesurfer_subjdir/<SUBJ>/surf/{lh,rh}.sphere.reg               (UTS01-UTS08)
+
+With them, ``dataset.space(subj)`` is a :class:`~brainalign.surfaces.subject.SubjectSpace`:
+the reference volume, the mask whose voxel count equals the ``.hf5`` columns (checked; the
+columns are that mask's voxels in pycortex's order, see :mod:`brainalign.surfaces.subject`),
+the map to the subject's surface and, through ``sphere.reg``, to fsaverage
+(:func:`brainalign.surfaces.project`). UTS09 has no FreeSurfer folder: its maps on its own
+surface and flatmap work, fsaverage projection raises saying so. Without the pycortex
+files the space is a placeholder volume with the right voxel count (and
+``info["surfaces"][subj]`` says what is missing).
+
+Noise ceilings: the derivative has no preprocessed single repeats of the test story (its
+``.hf5`` is already their average; the repeats exist only as raw BOLD runs), so by
+default there is no ceiling. ``repeats_dir=`` takes a folder of repeats you preprocessed
+yourself (``<repeats_dir>/<SUBJ>/<story>*.hf5``, same rows and voxel columns as the
+averaged file); ceilings are then computed from them.
 """
 
 from __future__ import annotations
@@ -33,11 +56,22 @@ from .base import Dataset
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load", "write", "check", "TEST_STORY", "TR", "get_command"]
+__all__ = ["load", "write", "check", "TEST_STORY", "TR", "get_command", "surface_get_command", "surface_files",
+           "NO_REPEATS", "FREESURFER_SUBJECTS"]
 
 TEST_STORY = "wheretheressmoke"
 TR = 2.0
 DERIV = "derivative"
+PYCORTEX = f"{DERIV}/pycortex-db"
+FREESURFER = f"{DERIV}/freesurfer_subjdir"
+#: subjects with a FreeSurfer folder (and so a sphere.reg) in ds003020
+FREESURFER_SUBJECTS = tuple(f"UTS0{i}" for i in range(1, 9))
+#: what results and reports should say about noise ceilings on this dataset
+NO_REPEATS = (
+    "ds003020's derivative has no preprocessed single repeats of the test story (its .hf5 is the average of the "
+    "repeats; the single repeats exist only as raw, unpreprocessed BOLD runs), so no noise ceiling is computed. "
+    "Preprocess the repeats yourself and pass load(..., repeats_dir=...) to get one."
+)
 
 
 def get_command(root: str | os.PathLike, subjects: Sequence[str] | None = None) -> str:
@@ -47,6 +81,46 @@ def get_command(root: str | os.PathLike, subjects: Sequence[str] | None = None) 
 
 
 _INSTALL = "datalad install https://github.com/OpenNeuroDatasets/ds003020.git"
+
+
+def surface_files(root: str | os.PathLike, subject: str, xfm: str | None = None) -> dict[str, list[str]]:
+    """The pycortex and FreeSurfer files a subject's surface mapping reads, relative to ``root``.
+
+    Returns ``{"pycortex": [...], "freesurfer": [...]}``. Surfaces are ``.npz`` where the
+    database holds ``.npz`` (UTS02), else ``.gii``; ``mask_cortical`` is listed when present
+    (only some subjects have it); FreeSurfer files only for :data:`FREESURFER_SUBJECTS` or a
+    subject whose FreeSurfer folder exists.
+    """
+    root = Path(root).expanduser()
+    xfm = xfm or f"{subject}_auto"
+    pdir = f"{PYCORTEX}/{subject}"
+    out: list[str] = []
+    for kind in ("wm", "pia", "inflated", "flat"):
+        for h in ("lh", "rh"):
+            npz = f"{pdir}/surfaces/{kind}_{h}.npz"
+            out.append(npz if (root / npz).exists() or (root / npz).is_symlink() else f"{pdir}/surfaces/{kind}_{h}.gii")
+    t = f"{pdir}/transforms/{xfm}"
+    out += [f"{t}/matrices.xfm", f"{t}/reference.nii.gz", f"{t}/mask_thick.nii.gz"]
+    cort = f"{t}/mask_cortical.nii.gz"
+    if (root / cort).exists() or (root / cort).is_symlink():
+        out.append(cort)
+    out.append(f"{pdir}/surface-info/curvature.npz")
+    fs: list[str] = []
+    if subject in FREESURFER_SUBJECTS or (root / FREESURFER / subject).exists():
+        fs = [f"{FREESURFER}/{subject}/surf/{h}.sphere.reg" for h in ("lh", "rh")]
+    return {"pycortex": out, "freesurfer": fs}
+
+
+def surface_get_command(root: str | os.PathLike, subjects: Sequence[str], files: Sequence[str] | None = None) -> str:
+    """The ``datalad get`` command for the surface files of ``subjects`` (or exactly ``files``)."""
+    if files is None:
+        files = []
+        for s in subjects:
+            files += [f"{PYCORTEX}/{s}/surfaces", f"{PYCORTEX}/{s}/transforms/{s}_auto",
+                      f"{PYCORTEX}/{s}/surface-info/curvature.npz"]
+            if s in FREESURFER_SUBJECTS:
+                files += [f"{FREESURFER}/{s}/surf/lh.sphere.reg", f"{FREESURFER}/{s}/surf/rh.sphere.reg"]
+    return f"cd {root} && datalad get " + " ".join(files)
 
 
 def _subject_dirs(root: Path) -> dict[str, Path]:
@@ -101,6 +175,12 @@ def load(
     stories: Sequence[str] | None = None,
     check_shapes: bool = True,
     tr: float = TR,
+    *,
+    surfaces: bool = True,
+    pycortex_db: str | os.PathLike | None = None,
+    freesurfer_dir: str | os.PathLike | None = None,
+    xfm: str | None = None,
+    repeats_dir: str | os.PathLike | None = None,
 ) -> Dataset:
     """Load ds003020 from ``root``.
 
@@ -122,6 +202,21 @@ def load(
         voxel count against the subject's other stories (no arrays are read).
     tr : float
         Repetition time (2.0 s nominal).
+    surfaces : bool
+        Read each subject's pycortex transform and mask (when present) so that
+        ``space(subj)`` maps its voxels to its surface and fsaverage; the mask must have
+        as many voxels as the ``.hf5`` columns (else a ValidationError naming both).
+        False: placeholder volumes, nothing read.
+    pycortex_db, freesurfer_dir : path, optional
+        Default ``root/derivative/pycortex-db`` and ``root/derivative/freesurfer_subjdir``.
+    xfm : str, optional
+        pycortex transform name (default ``<SUBJ>_auto``).
+    repeats_dir : path, optional
+        Preprocessed single repeats of the test stories, which ds003020 does not provide
+        (:data:`NO_REPEATS`): ``<repeats_dir>/<SUBJ>/<story>*.hf5``, each file with a
+        dataset ``data`` of one repeat (TRs x voxels) or several (repeats x TRs x voxels),
+        the same rows and voxel columns as the averaged ``.hf5``. At least 2 repeats per
+        subject and story; noise ceilings are then computed from them.
 
     Raises
     ------
@@ -209,36 +304,154 @@ def load(
         if bad:
             raise ValidationError(f"lebel2023: train_stories {bad} have no responses for subjects {subjects}")
         train = list(train_stories)
-    spaces = {s: _volume_space(s, files) for s in subjects}
-    info: dict[str, Any] = {"root": str(root), "respdict": {n: respdict[n] for n in names}, "tr": tr}
-    return Dataset("lebel2023", story_objs, subjects, spaces, responses, train, test, info=info)
+    surface_notes: dict[str, str] = {}
+    spaces = {}
+    for s in subjects:
+        spaces[s], surface_notes[s] = _volume_space(
+            s, files, root, surfaces=surfaces, pycortex_db=pycortex_db, freesurfer_dir=freesurfer_dir, xfm=xfm)
+    repeats = _repeat_loaders(Path(repeats_dir).expanduser(), subjects, test, n_trs, spaces, check_shapes) \
+        if repeats_dir is not None else {}
+    info: dict[str, Any] = {"root": str(root), "respdict": {n: respdict[n] for n in names}, "tr": tr,
+                            "surfaces": surface_notes,
+                            "ceiling": f"from the repeats in {repeats_dir}" if repeats else NO_REPEATS}
+    return Dataset("lebel2023", story_objs, subjects, spaces, responses, train, test, repeats=repeats, info=info)
 
 
-def _volume_space(subject: str, files: dict[tuple[str, str], Path]) -> Space:
-    """A placeholder volume space: the voxel count is known only from the files.
+def _volume_space(
+    subject: str,
+    files: dict[tuple[str, str], Path],
+    root: Path | None = None,
+    *,
+    surfaces: bool = True,
+    pycortex_db: str | os.PathLike | None = None,
+    freesurfer_dir: str | os.PathLike | None = None,
+    xfm: str | None = None,
+) -> tuple[Space, str]:
+    """The subject's :class:`~brainalign.surfaces.subject.SubjectSpace` and "ok", or a placeholder and why.
 
-    ds003020's cortical voxel masks live in the subjects' pycortex databases, not in
-    the derivative folder read here, so the space is named ``<SUBJ>`` with a flat mask
-    of the right size when the header can be read (a 1-voxel mask otherwise).
+    The voxel count comes from the first ``.hf5`` header; the pycortex mask with that many
+    voxels is the subject's mask. Without the pycortex files the space is a placeholder
+    named ``<SUBJ>`` with a flat mask of the right size (a 1-voxel mask when no header can
+    be read), and the reason says what is missing and how to get it.
     """
-    n = 1
+    n, first = 1, None
     for (s, _), p in files.items():
         if s == subject:
+            first = p
             try:
                 n = _hf5_shape(p)[1]
             except (ValidationError, IndexError):
                 n = 1
             break
-    return Space.volume(subject, np.ones((n, 1, 1), dtype=bool))
+    placeholder = Space.volume(subject, np.ones((n, 1, 1), dtype=bool))
+    if not surfaces or root is None:
+        return placeholder, "not read (surfaces=False)"
+    pdir = (Path(pycortex_db).expanduser() if pycortex_db is not None else root / PYCORTEX) / subject
+    fsdir = (Path(freesurfer_dir).expanduser() if freesurfer_dir is not None else root / FREESURFER) / subject
+    hint = f"Get it with `{surface_get_command(root, [subject])}`"
+    if not pdir.is_dir():
+        why = f"no pycortex database {pdir}; {hint[0].lower()}{hint[1:]}"
+        log.info("lebel2023: %s: %s (its space is a placeholder volume without surfaces)", subject, why)
+        return placeholder, why
+    from ..surfaces.subject import SubjectSpace
+
+    fs_files = [f"{FREESURFER}/{subject}/surf/{h}.sphere.reg" for h in ("lh", "rh")]
+    if subject in FREESURFER_SUBJECTS:
+        sphere_hint = f"Get them with `{surface_get_command(root, [subject], fs_files)}`"
+    else:
+        sphere_hint = f"(ds003020 has FreeSurfer folders for {FREESURFER_SUBJECTS[0]}-{FREESURFER_SUBJECTS[-1]} only)"
+    try:
+        space = SubjectSpace.from_pycortex(
+            subject, pdir, xfm=xfm, n_targets=n, targets_file=first, freesurfer_dir=fsdir, hint=hint,
+            sphere_hint=sphere_hint,
+        )
+    except DataNotFoundError as exc:  # includes NotDownloadedError
+        log.info("lebel2023: %s: %s (its space is a placeholder volume without surfaces)", subject, exc)
+        return placeholder, str(exc)
+    return space, "ok" if space.can_project else f"ok on its own surface; no fsaverage: {space.no_sphere}"
 
 
-def check(root: str | os.PathLike, subjects: Sequence[str] | None = None) -> dict[str, Any]:
+def _repeat_loaders(
+    folder: Path,
+    subjects: Sequence[str],
+    test: Sequence[str],
+    n_trs: dict[str, int],
+    spaces: dict[str, Space],
+    check_shapes: bool,
+) -> dict[tuple[str, str], Any]:
+    """Loaders of the user's preprocessed repeats: ``<folder>/<SUBJ>/<story>*.hf5``."""
+    if not folder.is_dir():
+        raise DataNotFoundError(f"repeats_dir {folder} does not exist")
+    out: dict[tuple[str, str], Any] = {}
+    for subj in subjects:
+        for story in test:
+            found = sorted(p for p in (folder / subj).glob(f"{story}*.hf5"))
+            if not found:
+                continue
+            n_rep = 0
+            for p in found:
+                check_data_file(p, what="repeat file")
+                shape = _hf5_shape(p)
+                if len(shape) not in (2, 3):
+                    raise ValidationError(f"{p}: 'data' must be (TRs x voxels) or (repeats x TRs x voxels), got {shape}")
+                rows, cols = shape[-2], shape[-1]
+                if rows != n_trs[story]:
+                    raise ValidationError(
+                        f"{p}: has {rows} TRs but {story} has {n_trs[story]} rows (trim the repeat as the averaged "
+                        ".hf5 is trimmed)"
+                    )
+                if check_shapes and cols != spaces[subj].n_targets:
+                    raise ValidationError(
+                        f"{p}: has {cols} voxels but {subj}'s responses have {spaces[subj].n_targets}; repeats must "
+                        "have the averaged file's voxel columns"
+                    )
+                n_rep += 1 if len(shape) == 2 else shape[0]
+            if n_rep < 2:
+                raise ValidationError(f"{folder / subj}: {story} has {n_rep} repeat(s) ({found[0].name}); a noise ceiling needs >= 2")
+
+            def load(paths=tuple(found)) -> np.ndarray:
+                arrs = []
+                for p in paths:
+                    a = _read_hf5_any(p)
+                    arrs.extend([a] if a.ndim == 2 else list(a))
+                return np.stack(arrs)
+
+            out[(subj, story)] = load
+    if not out:
+        raise ValidationError(
+            f"repeats_dir {folder}: no <SUBJ>/<story>*.hf5 files for subjects {list(subjects)} and test stories {list(test)}"
+        )
+    missing = [s for s in subjects if not any(k[0] == s for k in out)]
+    if missing:
+        log.warning("lebel2023: no repeats in %s for subjects %s: no noise ceiling for them", folder, missing)
+    return out
+
+
+def _read_hf5_any(path: Path) -> np.ndarray:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return np.asarray(f["data"][...], dtype=np.float32)
+    except (OSError, KeyError) as exc:
+        raise ValidationError(f"{path}: cannot read dataset 'data' ({exc})") from exc
+
+
+def check(root: str | os.PathLike, subjects: Sequence[str] | None = None, surfaces: bool = True) -> dict[str, Any]:
     """What of ds003020 is present under ``root``: files present, missing, not downloaded.
 
     Returns a dict with ``present`` / ``missing`` / ``not_downloaded`` (lists of paths,
     relative to ``root``), ``ok`` (bool) and ``command`` (what gets the missing files).
     Expected files are the subjects' ``.hf5`` files found on disk (or symlinks), every
-    story's TextGrid and ``respdict.json``.
+    story's TextGrid and ``respdict.json``: ``ok`` means the dataset loads.
+
+    With ``surfaces`` (default), also the pycortex and FreeSurfer files that the subjects'
+    surface mapping reads (:func:`surface_files`: surfaces, transform, masks, curvature,
+    ``sphere.reg``), under ``surface_present`` / ``surface_missing`` /
+    ``surface_not_downloaded``, with ``surface_ok`` and ``surface_command`` (the
+    ``datalad get`` line for the missing ones); ``problems`` holds them in words (printed
+    by ``brainalign datasets check``). They are needed for fsaverage projection, surface
+    ROIs and flatmaps, not for loading, so they do not change ``ok``.
     """
     root = Path(root).expanduser()
     present: list[str] = []
@@ -276,8 +489,50 @@ def check(root: str | os.PathLike, subjects: Sequence[str] | None = None) -> dic
     cmd = get_command(root, need or subs or subjects)
     if not (root / ".datalad").exists() and not (root / ".git").exists() and missing:
         cmd = f"{_INSTALL} {root} && " + cmd
-    return {"present": present, "missing": missing, "not_downloaded": pointers, "ok": not missing and not pointers,
-            "command": cmd}
+    out = {"present": present, "missing": missing, "not_downloaded": pointers, "ok": not missing and not pointers,
+           "command": cmd}
+    if surfaces:
+        out.update(_check_surfaces(root, subs or list(subjects or [])))
+    return out
+
+
+def _check_surfaces(root: Path, subjects: Sequence[str]) -> dict[str, Any]:
+    present: list[str] = []
+    missing: list[str] = []
+    pointers: list[str] = []
+    notes: list[str] = []
+    for s in subjects:
+        files = surface_files(root, s)
+        for rel in files["pycortex"] + files["freesurfer"]:
+            p = root / rel
+            if is_annex_pointer(p):
+                pointers.append(rel)
+            elif p.exists():
+                present.append(rel)
+            else:
+                missing.append(rel)
+        if not files["freesurfer"]:
+            notes.append(f"{s} has no FreeSurfer folder in ds003020 (only {FREESURFER_SUBJECTS[0]}-"
+                         f"{FREESURFER_SUBJECTS[-1]} have one): its maps on its own surface and flatmap work, "
+                         "fsaverage projection (and fsaverage ROIs) does not")
+    get: list[str] = []
+    for rel in missing + pointers:
+        parts = rel.split("/")
+        if parts[1] == "pycortex-db" and parts[3] in ("surfaces", "transforms"):
+            rel = "/".join(parts[: 4 if parts[3] == "surfaces" else 5])
+        if rel not in get:
+            get.append(rel)
+    cmd = surface_get_command(root, subjects, get) if get else ""
+    problems = []
+    if get:
+        first = (missing + pointers)[0]
+        problems.append(
+            f"surfaces: {len(missing)} files missing, {len(pointers)} not downloaded (first: {first}); they are needed "
+            "for fsaverage projection, surface ROIs and flatmaps, not for loading. Get them with: " + cmd
+        )
+    problems += notes
+    return {"surface_present": present, "surface_missing": missing, "surface_not_downloaded": pointers,
+            "surface_ok": not get, "surface_command": cmd, "problems": problems}
 
 
 def write(dataset: Dataset, root: str | os.PathLike) -> Path:

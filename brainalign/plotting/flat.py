@@ -29,7 +29,8 @@ from ..stimulus import FSAVERAGE_SIZES, Space
 from ..surfaces.meshes import load_mesh, medial_wall, resample, space_of_size, sulcal_depth, surface_space_name
 from .style import PAPER_RC, paper_style
 
-__all__ = ["flatmap", "surface_views", "flatmap_movie", "flat_coordinates", "FlatmapFigure", "save_figure"]
+__all__ = ["flatmap", "surface_views", "flatmap_movie", "flat_coordinates", "FlatmapFigure", "save_figure",
+           "subject_flatmap"]
 
 log = logging.getLogger(__name__)
 
@@ -457,11 +458,17 @@ def flatmap(
         Colour-bar label (default: the DataArray's name, else "value").
     pycortex : (subject, xfm), optional
         For volume data: draw with pycortex's quickflat from the subject's database.
+        Without it, a :class:`~brainalign.surfaces.subject.SubjectSpace` (a LeBel 2023
+        subject read with its pycortex files) is drawn by :func:`subject_flatmap`, no
+        pycortex needed.
 
     Returns
     -------
     matplotlib.figure.Figure
     """
+    if pycortex is None and _is_subject_space(space):
+        return subject_flatmap(values, space, threshold=threshold, mask=mask, cmap=cmap, vmin=vmin, vmax=vmax,
+                               title=title, out=out, label=label, colorbar=colorbar, dpi=dpi)
     if pycortex is not None or (isinstance(space, Space) and not space.is_surface):
         return _pycortex_flatmap(values, space, pycortex, cmap=cmap, vmin=vmin, vmax=vmax, title=title, out=out)
     v, vspace, name = _as_vector(values)
@@ -503,6 +510,135 @@ def _pycortex_flatmap(values, space, pycortex, *, cmap, vmin, vmax, title, out):
         fig.suptitle(title)
     if out is not None:
         save_figure(fig, out)
+    return fig
+
+
+def _is_subject_space(space: Any) -> bool:
+    from ..surfaces.subject import SubjectSpace
+
+    return isinstance(space, SubjectSpace)
+
+
+def subject_flatmap(
+    values: Any,
+    space: Any,
+    threshold: float | None = None,
+    mask: Any = None,
+    cmap: Any = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    title: str | None = None,
+    out: "str | os.PathLike | None" = None,
+    *,
+    label: str | None = None,
+    colorbar: bool = True,
+    figsize: tuple[float, float] = (7.2, 3.0),
+    dpi: float | None = 150,
+    n_samples: int = 16,
+):
+    """Draw values on a subject's own flat cortex (pycortex's ``flat_{lh,rh}``), curvature underneath.
+
+    Parameters
+    ----------
+    values : array or xarray.DataArray
+        Either one value per voxel of ``space`` (mapped to the subject's vertices with
+        :meth:`~brainalign.surfaces.subject.SubjectSpace.to_surface`) or one value per
+        subject vertex (left then right). NaN (voxels outside the mask) is not drawn.
+    space : SubjectSpace
+        The subject's space (``dataset.space("UTS01")``), with its ``flat`` surfaces.
+    threshold, mask, cmap, vmin, vmax, title, out, label, colorbar, dpi
+        As in :func:`flatmap`; ``mask`` is one boolean per voxel or per vertex.
+
+    Notes
+    -----
+    The hemispheres are placed side by side as pycortex's quickflat places them (left
+    hemisphere's right edge and right hemisphere's left edge at the middle, plus a gap).
+    Only the faces of the flat patch are drawn (the cut medial wall is not). The grey
+    underlay is the subject's curvature (``surface-info/curvature.npz``, pycortex's sign:
+    gyri light, sulci dark); without that file it is plain grey.
+    """
+    import matplotlib as mpl
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import PolyCollection
+    from matplotlib.figure import Figure
+
+    if not _is_subject_space(space):
+        raise ValidationError("subject_flatmap needs the subject's SubjectSpace (dataset.space(subject)) with its "
+                              "pycortex flat surfaces")
+    v, _, name = _as_vector(values)
+    n_vert = space.n_vertices
+
+    def on_vertices(arr: np.ndarray, what: str) -> np.ndarray:
+        if arr.shape[0] == n_vert:
+            return arr
+        if arr.shape[0] == space.n_targets:
+            return space.to_surface(arr, n_samples=n_samples).astype(np.float64)
+        raise ValidationError(f"{what}: {arr.shape[0]} values, but subject {space.subject} has {space.n_targets} "
+                              f"voxels and {n_vert} vertices")
+
+    v = on_vertices(v, "values")
+    vis = np.isfinite(v)
+    if threshold is not None:
+        vis &= np.abs(np.where(vis, v, 0.0)) >= float(threshold)
+    if mask is not None:
+        m, _, _ = _as_vector(mask, "mask")
+        vis &= np.nan_to_num(on_vertices(m, "mask")) > 0.5
+    flat = space.mesh("flat")
+    nl = len(flat["left"].coords)
+    lxy = np.asarray(flat["left"].coords[:, :2], dtype=np.float64).copy()
+    rxy = np.asarray(flat["right"].coords[:, :2], dtype=np.float64).copy()
+    lf, rf = np.asarray(flat["left"].faces), np.asarray(flat["right"].faces)
+    lu, ru = np.unique(lf), np.unique(rf)
+    gap = 0.04 * (np.ptp(lxy[lu, 0]) + np.ptp(rxy[ru, 0]))
+    lxy[:, 0] -= lxy[lu, 0].max() + gap / 2
+    rxy[:, 0] -= rxy[ru, 0].min() - gap / 2
+    xy = np.vstack([lxy, rxy])
+    faces = np.vstack([lf, rf + nl])
+    try:
+        bg_v = _background(-space.curvature())  # FreeSurfer's sign: positive (dark) in sulci
+    except DataNotFoundError:
+        bg_v = np.tile([0.7, 0.7, 0.7, 1.0], (n_vert, 1))
+    lo, hi, cmap = _limits(np.where(vis, v, np.nan) if vis.any() else v, vmin, vmax, cmap)
+    cmap = mpl.colormaps[cmap] if isinstance(cmap, str) else cmap
+    norm = mpl.colors.Normalize(vmin=lo, vmax=hi)
+    fvis = vis[faces]
+    count = fvis.sum(axis=1)
+    show = count >= 2
+    fval = np.where(fvis, v[faces], 0.0).sum(axis=1) / np.maximum(count, 1)
+    colours = bg_v[faces].mean(axis=1)
+    if show.any():
+        colours[show] = cmap(norm(fval[show]))
+    used = xy[np.unique(faces)]
+    pad = 0.02 * np.ptp(used[:, 0])
+    xlim = (used[:, 0].min() - pad, used[:, 0].max() + pad)
+    ylim = (used[:, 1].min() - pad, used[:, 1].max() + pad)
+    with paper_style():
+        width = figsize[0]
+        map_h = width * (ylim[1] - ylim[0]) / (xlim[1] - xlim[0])
+        bottom = 0.75 if colorbar else 0.25
+        top = 0.3 if title else 0.05
+        height = map_h + bottom + top
+        fig = Figure(figsize=(width, height))
+        FigureCanvasAgg(fig)
+        ax = fig.add_axes((0.0, bottom / height, 1.0, map_h / height))
+        ax.set_label("subject_flatmap")
+        pc = PolyCollection(xy[faces], facecolors=colours, edgecolors="none", linewidths=0, antialiaseds=False)
+        pc.set_rasterized(True)
+        ax.add_collection(pc)
+        ax.set_xlim(*xlim)
+        ax.set_ylim(*ylim)
+        ax.set_aspect("equal")
+        ax.set_axis_off()
+        for x, h in ((float(lxy[lu, 0].mean()), "L"), (float(rxy[ru, 0].mean()), "R")):
+            ax.text(x, ylim[0], h, ha="center", va="top", fontsize=9, fontweight="bold", color="0.3")
+        ax.set_title(title or f"{space.subject} (own surface)", pad=2)
+        if colorbar:
+            cax = fig.add_axes((0.36, 0.42 / height, 0.28, 0.09 / height))
+            cb = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax, orientation="horizontal")
+            cb.set_label(label or name or "value")
+            cb.outline.set_linewidth(0.5)
+    if out is not None:
+        save_figure(fig, out, dpi=dpi)
     return fig
 
 
