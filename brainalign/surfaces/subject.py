@@ -805,5 +805,8 @@ def subject_spaces(dataset_or_spaces: Any, subjects: Sequence[str]) -> dict[str,
             raise ValidationError(f"no space given for subjects {missing}")
         return {s: dataset_or_spaces[s] for s in subjects}
     if hasattr(dataset_or_spaces, "space"):
-        return {s: dataset_or_spaces.space(s) for s in subjects}
+        try:
+            return {s: dataset_or_spaces.space(s) for s in subjects}
+        except KeyError as exc:
+            raise ValidationError(f"the results' subjects are not all in the dataset: {exc.args[0]}") from None
     raise ValidationError(f"give a dataset, a SubjectSpace or {{subject: space}}, got {type(dataset_or_spaces).__name__}")
