@@ -174,3 +174,16 @@ def test_stacked_responses_are_cached_read_only_and_bounded(monkeypatch):
     monkeypatch.setenv("BRAINALIGN_RESPONSE_CACHE_MB", "0")
     b = ds.stacked_responses("sim01", train, zscore=False)
     assert ds.stacked_responses("sim01", train, zscore=False) is not b  # over budget: not kept
+
+
+def test_several_test_stories_are_each_repeated_and_held_out():
+    ds = _small(stories=4, test_story=["thelighthousekeeper", "theflood"])
+    assert ds.test_stories == ["thelighthousekeeper", "theflood"]
+    assert len(ds.train_stories) == 2 and not set(ds.train_stories) & set(ds.test_stories)
+    for st in ds.test_stories:
+        assert ds.has_repeats(ds.subjects[0], st)
+    assert not ds.has_repeats(ds.subjects[0], ds.train_stories[0])
+    with pytest.raises(ValidationError, match="stories must be >= 3"):
+        _small(stories=2, test_story=["thelighthousekeeper", "theflood"])
+    with pytest.raises(ValidationError, match="several different"):
+        _small(test_story=["theflood", "theflood"])

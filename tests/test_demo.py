@@ -25,6 +25,22 @@ def test_quick_demo_writes_report_and_finds_the_planted_regions(tmp_path, capsys
     assert len(planted) == 4 and len(others) == 2
     assert float(best.sel(roi=planted).min()) > 3 * float(np.abs(best.sel(roi=others)).max())
     assert float(best.sel(roi=planted).min()) > 0.05
+    # significance: the planted ROIs are above chance, the rest of the cortex (no signal
+    # in any subject) is not and gets no phase claim; the thresholded map is drawn
+    from brainalign.sweep.analyze import analyze
+
+    a = analyze(out / "results.zarr", internal=False)
+    curves = a["curves"]
+    strong = [r for r in planted if float(curves["score_mean"].sel(roi=r).max()) > 0.1]
+    assert len(strong) >= 2 and bool(curves["significant"].sel(roi=strong).all())
+    assert float(curves["adjusted_p"].sel(roi=strong).max()) < 1e-3
+    # the ROI test holds its level (5% per ROI), so a null ROI is not asserted never to
+    # pass it; far beyond its level it should not, and no rise or fall is claimed there
+    assert float(curves["adjusted_p"].sel(roi=others).min()) > 0.01
+    for r in others:  # (the quick demo's 5 checkpoints may be too few for phases at all)
+        pattern = a["phases"][r].pattern if r in a["phases"] else ""
+        assert "rise" not in pattern and "fall" not in pattern
+    assert "above chance" in html and (out / "figures" / "flatmap_significant.png").stat().st_size > 10_000
 
     # the report and flatmap commands on the demo's store
     ck = str(res.checkpoint.values[-1])

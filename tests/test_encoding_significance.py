@@ -135,3 +135,80 @@ def test_saddlepoint_on_a_lattice_of_equal_terms():
     p = _saddlepoint_sf(np.array([0.4, 0.2]), c)
     assert p[0] == pytest.approx(1 / 16)
     assert 1 / 16 < p[1] < 5 / 16
+
+
+# -- the ROI-level test (signs shared by an ROI's targets) ---------------------------------
+def _spatially_correlated(rng, n, rois, size, phi, shared=0.8):
+    """AR(1) noise of ``rois`` ROIs of ``size`` targets each, whose targets share a common
+    series (correlation ``shared`` between targets of one ROI, as on a smooth cortex)."""
+    common = np.repeat(ar1(rng, n, rois, phi), size, axis=1)
+    own = ar1(rng, n, rois * size, phi)
+    return np.sqrt(shared) * common + np.sqrt(1 - shared) * own
+
+
+def test_roi_terms_sum_to_the_roi_mean_r():
+    from brainalign.encoding.significance import roi_null_terms
+    from brainalign.encoding.ridge import pearson_r
+
+    rng = np.random.default_rng(7)
+    lengths = [120, 90]
+    y = per_story_z(ar1(rng, 210, 30, 0.9), lengths)
+    p = 0.3 * y + ar1(rng, 210, 30, 0.9)
+    y[:, 5] = 1.0  # a constant target is left out of its ROI's mean, as ROI means of r do
+    labels = np.repeat([1, 2, 3], 10)
+    labels[-3:] = 0
+    terms = roi_null_terms(y, p, lengths, labels, [1, 2, 3, 9])
+    assert terms.shape == (210 - 2, 4)
+    assert np.isnan(terms[:, 3]).all()  # an ROI with no target
+    r, offset, _, valid = null_weights(y, p, lengths)
+    for j, code in enumerate([1, 2, 3]):
+        m = (labels == code) & valid
+        np.testing.assert_allclose(terms[:, j].sum(), (r[m] - offset[m]).mean(), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(r[m].mean(), np.nanmean(pearson_r(y, p)[m]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("phi", [0.9, 0.97])
+def test_roi_test_holds_its_level_with_spatially_correlated_noise(phi):
+    """Null ROIs whose targets share 80% of their noise: treating targets as independent
+    (averaging their p-values' z, or a test of the mean with independent signs per
+    target) would be far off; shared signs keep the level, for one subject and for the
+    mean of three."""
+    from brainalign.encoding.significance import roi_null_terms, sign_pvalues
+
+    rng = np.random.default_rng(int(phi * 1000))
+    lengths, rois, size = [150, 140], 1500, 12
+    n = sum(lengths)
+    labels = np.repeat(np.arange(1, rois + 1), size)
+    subj = []
+    for _ in range(3):
+        y = per_story_z(_spatially_correlated(rng, n, rois, size, phi), lengths)
+        p = per_story_z(_spatially_correlated(rng, n, rois, size, 0.9), lengths)
+        subj.append(roi_null_terms(y, p, lengths, labels, range(1, rois + 1)))
+    one = sign_pvalues(subj[0])
+    mean3 = sign_pvalues(np.concatenate(subj, axis=0))
+    for pv in (one, mean3):
+        assert 0.035 <= np.mean(pv < 0.05) <= 0.065
+        assert np.mean(pv < 0.01) <= 0.018
+    # independent signs per target would make the ROI mean's null far too narrow
+    y = per_story_z(_spatially_correlated(rng, n, rois, size, phi), lengths)
+    p = per_story_z(_spatially_correlated(rng, n, rois, size, 0.9), lengths)
+    _, _, c, _ = null_weights(y, p, lengths)
+    naive = sign_pvalues(c.reshape(n - 2, rois, size).transpose(0, 2, 1).reshape(-1, rois))
+    assert np.mean(naive < 0.05) > 0.15
+
+
+def test_roi_test_finds_a_planted_roi_on_one_short_story():
+    """30 planted ROIs (r about 0.4 per target, 80% of the noise shared within the ROI)
+    beside 30 null ROIs, one 74-TR test story as in the demo: most planted ROIs found,
+    null ROIs at their level."""
+    from brainalign.encoding.significance import roi_null_terms, sign_pvalues
+
+    rng = np.random.default_rng(3)
+    n, k, size = 74, 30, 40
+    sig = np.repeat(ar1(rng, n, 2 * k, 0.8), size, axis=1)
+    gain = np.repeat(np.r_[np.ones(k), np.zeros(k)], size)
+    y = per_story_z(_spatially_correlated(rng, n, 2 * k, size, 0.9) + gain * sig, [n])
+    p = per_story_z(sig + 0.5 * ar1(rng, n, 2 * k * size, 0.9), [n])
+    pv = sign_pvalues(roi_null_terms(y, p, [n], np.repeat(np.arange(2 * k), size), range(2 * k)))
+    assert np.mean(pv[:k] < 0.05) >= 0.8 and np.median(pv[:k]) < 1e-3
+    assert np.mean(pv[k:] < 0.05) <= 0.15

@@ -77,7 +77,16 @@ def test_sweep_results_are_complete_and_sensible(tmp_path, tiny_run):
     sweep = run(_config(tmp_path, tiny_run.out_dir), progress=False)
     ds = sweep.results
     assert ds.done.all()
-    assert dict(ds.sizes) == {"checkpoint": 5, "layer": 3, "subject": 2, "target": 400, "roi": 1, "boot": 200}
+    from brainalign.datasets import load
+    from brainalign.encoding.significance import sign_pvalues
+
+    data = load("simulated", **_config(tmp_path, tiny_run.out_dir)["dataset"]["options"])
+    n_test = sum(data.stories[s].n_trs for s in data.test_stories)
+    assert dict(ds.sizes) == {"checkpoint": 5, "layer": 3, "subject": 2, "target": 400, "roi": 1, "boot": 200,
+                              "term": n_test - len(data.test_stories)}
+    # the ROI sign test's terms add up to the ROI-mean r (z-scored test story: no fixed part)
+    np.testing.assert_allclose(ds.roi_null.sum("term").values, ds.roi_score.values, atol=2e-3)
+    assert np.isfinite(sign_pvalues(ds.roi_null.values.reshape(-1, ds.sizes["term"]).T)).all()
     assert np.isfinite(ds.score.values).all() and np.isfinite(ds.alpha.values).all()
     assert list(ds.tokens.values) == sorted(ds.tokens.values)
     np.testing.assert_allclose(ds.depth.values, [0, 0.5, 1.0])
@@ -89,9 +98,7 @@ def test_sweep_results_are_complete_and_sensible(tmp_path, tiny_run):
     assert ds.lm_loss.values[-1] < ds.lm_loss.values[0]
     # noise ceilings from the test story's repeats, beside the scores: high where the
     # simulation planted signal, low elsewhere
-    from brainalign.datasets import load
-
-    truth = load("simulated", **_config(tmp_path, tiny_run.out_dir)["dataset"]["options"]).ground_truth
+    truth = data.ground_truth
     for subj in ("sim01", "sim02"):
         c, planted = ds.ceiling.sel(subject=subj).values, truth.responsive[subj]
         assert np.isfinite(c[planted]).all() and c[planted].mean() > 0.6

@@ -421,7 +421,7 @@ def _plant_regions(
 def simulate(
     n_subjects: int = 3,
     stories: int | Sequence[str] | None = None,
-    test_story: str = DEFAULT_TEST_STORY,
+    test_story: str | Sequence[str] = DEFAULT_TEST_STORY,
     n_repeats: int = 4,
     space: str | int = "fsaverage5",
     features: FeatureSource | str | None = None,
@@ -446,8 +446,8 @@ def simulate(
     stories : int, sequence of str or None
         Corpus stories to use: all (None), the first ``n`` (the test story always
         included), or these names.
-    test_story : str
-        The held-out story, heard ``n_repeats`` times.
+    test_story : str or sequence of str
+        The held-out story (or stories, in this order), each heard ``n_repeats`` times.
     n_repeats : int
         Presentations of the test story (0 or 1: no repeats).
     space : "fsaverage5", "fsaverage4"... or int
@@ -505,21 +505,25 @@ def simulate(
         raise ValidationError(f"roi_radius must be positive and roi_jitter >= 0, got {roi_radius} and {roi_jitter}")
     tr = float(tr if tr is not None else (2.0 if grid == "lebel" else 1.5))
     all_names = story_names()
-    if test_story not in all_names:
-        raise ValidationError(f"test_story {test_story!r} is not a corpus story ({', '.join(all_names)})")
+    tests = [test_story] if isinstance(test_story, str) else list(test_story)
+    if not tests or len(set(tests)) != len(tests):
+        raise ValidationError(f"test_story: give one story or several different ones, got {test_story!r}")
+    for name in tests:
+        if name not in all_names:
+            raise ValidationError(f"test_story {name!r} is not a corpus story ({', '.join(all_names)})")
     if stories is None:
         names = all_names
     elif isinstance(stories, int):
-        if stories < 2:
-            raise ValidationError(f"stories must be >= 2 (one train, one test), got {stories}")
-        names = [test_story] + [s for s in all_names if s != test_story][: stories - 1]
+        if stories < len(tests) + 1:
+            raise ValidationError(f"stories must be >= {len(tests) + 1} (one train and the {len(tests)} test "
+                                  f"stories), got {stories}")
+        names = tests + [s for s in all_names if s not in tests][: stories - len(tests)]
     else:
         names = list(stories)
         unknown = [s for s in names if s not in all_names]
         if unknown:
             raise ValidationError(f"stories {unknown} are not corpus stories ({', '.join(all_names)})")
-        if test_story not in names:
-            names = [test_story] + names
+        names = [t for t in tests if t not in names] + names
     story_list, counts = corpus_stories(names, tr=tr, grid=grid, seed=seed)
 
     # space and geometry
@@ -593,7 +597,7 @@ def simulate(
         for ti, st in enumerate(story_list):
             sig = zscore(latent_in[st.name] @ components @ loadings[:, idx])
             truth.signals[(subj, st.name)] = (sig.astype(np.float32), idx, n_targets)
-            n_rep = R if st.name == test_story else 1
+            n_rep = R if st.name in tests else 1
             make = _Maker(sig * amp, idx, n_targets, smoother_t, ar, (seed, si, ti))
             if n_rep > 1:
                 repeats[(subj, st.name)] = make.repeats(n_rep)
@@ -617,8 +621,8 @@ def simulate(
         subjects,
         space_obj,
         responses,
-        [s.name for s in story_list if s.name != test_story],
-        [test_story],
+        [s.name for s in story_list if s.name not in tests],
+        list(tests),
         repeats=repeats,
         info=info,
     )

@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import ValidationError
 from .bootstrap import DEFAULT_BLOCK_LENGTH, DEFAULT_N_BOOT, MIN_BLOCKS, roi_bootstrap, roi_labels_for, roi_mean, tr_blocks
 from .ridge import DEFAULT_ALPHAS, fit_ridge_cv
+from .significance import ROI_METHOD, roi_null_terms
 from .stats import fdr, noise_ceiling, significance, significance_method
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,11 @@ def fit(
         (layer, subject, roi: the ROI-mean held-out r) and ``roi_boot`` (layer,
         subject, roi, boot: its value in each bootstrap replicate; coordinates ``roi``
         and ``boot``, attributes ``n_boot``, ``boot_block_length``, ``boot_seed``,
-        ``boot_blocks``); with repeats
+        ``boot_blocks``) and ``roi_null`` (layer, subject, roi, term: the DCT terms of
+        the ROI mean, whose signs the ROI-level sign randomisation test flips together
+        for all of an ROI's targets; :func:`brainalign.encoding.significance.sign_pvalues`
+        of them, or of several subjects' terms concatenated, is the one-sided p-value of
+        the ROI mean, or of the subject mean; zero-padded); with repeats
         ``ceiling`` (subject, target) and ``score_normalised`` = score / ceiling
         (not clipped; NaN where no ceiling is estimable). Subjects with fewer targets
         than others are NaN-padded.
@@ -197,6 +202,8 @@ def fit(
             raise ValidationError(f"n_boot must be a positive integer, got {n_boot!r}")
         roi_boot = np.full((L, S, len(roi_names), int(n_boot)), np.nan, np.float32)
         roi_score = np.full((L, S, len(roi_names)), np.nan, np.float32)
+        n_terms = max(sum(dataset.stories[st].n_trs for st in te) - len(te) for _, te, _ in groups)
+        roi_null = np.full((L, S, len(roi_names), n_terms), np.nan, np.float32)
     n_blocks: dict[str, int] = {}
     pvalue = np.full(shape, np.nan, np.float32) if stats else None
     signif = np.zeros(shape, bool) if stats else None
@@ -250,6 +257,10 @@ def fit(
                     cols = [roi_names.index(n) for n in names]
                     roi_boot[li, si, cols] = boot.T
                     roi_score[li, si, cols] = roi_mean(res.score, labels, codes)
+                    if max(test_lengths) >= 8:  # shorter stories have no test of their correlation
+                        terms = roi_null_terms(yt, res.predictions, test_lengths, labels, codes).T
+                        roi_null[li, si, cols] = 0.0
+                        roi_null[li, si, cols, : terms.shape[1]] = terms
                 if stats:
                     pv = significance(yt, res.predictions, test_lengths, test=stats_test, n_permutations=n_permutations,
                                       block_length=block_length, random_state=random_state)
@@ -269,6 +280,9 @@ def fit(
         data["roi_boot"] = (("layer", "subject", "roi", "boot"), roi_boot, {
             "long_name": f"ROI-mean held-out r, block bootstrap replicates (blocks of {int(boot_block_length)} TRs "
                          f"within test stories, {int(n_boot)} replicates, seed {int(random_state)})"})
+        data["roi_null"] = (("layer", "subject", "roi", "term"), roi_null, {
+            "long_name": "DCT terms of the ROI-mean held-out r (their sum is the ROI mean less its fixed part); "
+                         "the null flips their signs: " + ROI_METHOD})
     if stats:
         data["pvalue"] = (dims, pvalue, {"long_name": significance_method(stats_test, n_permutations, block_length)})
         data["significant"] = (dims, signif, {"long_name": f"BH-FDR q < {fdr_q} over targets"})
@@ -285,6 +299,7 @@ def fit(
     if roi_spec is not None:
         coords["roi"] = np.asarray(roi_names, dtype=str)
         coords["boot"] = np.arange(int(n_boot), dtype=np.int64)
+        coords["term"] = np.arange(roi_null.shape[-1], dtype=np.int64)
     space_names = {sp.name for sp in spaces.values()}
     first = spaces[subjects[0]]
     if all(sp == first for sp in spaces.values()):

@@ -44,11 +44,14 @@ from scipy import fft, stats
 
 from ..errors import ValidationError
 
-__all__ = ["sign_randomisation_test", "null_weights", "METHOD"]
+__all__ = ["sign_randomisation_test", "sign_pvalues", "roi_null_terms", "null_weights", "METHOD", "ROI_METHOD"]
 
 #: how the p-values of :func:`sign_randomisation_test` were obtained (stored in results)
 METHOD = ("spectral sign randomisation within test stories (DCT), saddlepoint tail; analytic, "
           "no smallest reachable p-value")
+#: how ROI p-values from :func:`roi_null_terms` are obtained
+ROI_METHOD = ("spectral sign randomisation of the ROI-mean held-out r (the same random signs for every target of "
+              "the ROI, so the noise's spatial correlation is kept; subjects independent), saddlepoint tail")
 
 
 def _check(y_true: np.ndarray, y_pred: np.ndarray, lengths: Sequence[int] | None) -> list[int]:
@@ -132,6 +135,74 @@ def _saddlepoint_sf(s_obs: np.ndarray, c: np.ndarray, n_iter: int = 50) -> np.nd
     return np.where(s_obs >= c.sum(0) * (1 - 1e-12), 0.5 ** c.shape[0], p)
 
 
+def sign_pvalues(terms: np.ndarray, refine_below: float = 0.5) -> np.ndarray:
+    """One-sided p-values of ``sum_k terms[k]`` under independent random signs of its terms.
+
+    ``terms`` (n_terms, n): per column, the observed statistic is the sum of its terms and
+    the null flips the sign of each term independently (Gaussian with the same variance
+    where that gives p >= ``refine_below``, Lugannani-Rice saddlepoint below). NaN terms
+    count as zero; a column with no nonzero term gets NaN. This is the tail of
+    :func:`sign_randomisation_test`, and of any statistic made of the same DCT terms:
+    ROI means (:func:`roi_null_terms`, whose signs are shared across an ROI's targets) and
+    their means over subjects (the subjects' terms concatenated: their noise is independent).
+    """
+    a = np.nan_to_num(np.asarray(terms, dtype=np.float64), nan=0.0)
+    if a.ndim == 1:
+        a = a[:, None]
+    s_obs = a.sum(0)
+    c = np.abs(a)
+    var = (c ** 2).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pv = stats.norm.sf(s_obs / np.sqrt(var))
+    tail = (var > 0) & (pv < refine_below) & (s_obs > 0)
+    if tail.any():
+        pv[tail] = _saddlepoint_sf(s_obs[tail], c[:, tail])
+    return np.where(var > 0, pv, np.nan)
+
+
+def roi_null_terms(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    lengths: Sequence[int] | None,
+    labels: np.ndarray,
+    codes: Sequence[int],
+    chunk: int = 8192,
+) -> np.ndarray:
+    """The DCT terms of each ROI's mean held-out r, for a test of the ROI as a whole.
+
+    The ROI mean of r over its targets (those where both series vary) is a fixed offset
+    plus ``sum_k a_k`` with ``a_k`` the mean over the ROI's targets of their terms
+    ``Y_k P_k / n`` (:func:`null_weights`). Randomising the sign of coefficient ``k`` of
+    the responses of *every* target at once keeps the noise's correlation across
+    targets (neighbouring voxels, a smooth cortex), which a test of independent targets
+    would not; under the null the ROI statistic is then ``sum_k |a_k| e_k``:
+    :func:`sign_pvalues` of these terms is its p-value.
+
+    Returns an array (n_terms, len(codes)), NaN for an ROI without a valid target.
+    """
+    y = np.asarray(y_true)
+    p = np.asarray(y_pred)
+    lengths = _check(y, p, lengths)
+    labels = np.asarray(labels)
+    if labels.shape != (y.shape[1],):
+        raise ValidationError(f"labels must give one ROI per target ({y.shape[1]}), got shape {labels.shape}")
+    col = {int(c): j for j, c in enumerate(codes)}
+    keep = np.flatnonzero(np.isin(labels, list(col)))
+    n_terms = y.shape[0] - len(lengths)
+    total = np.zeros((n_terms, len(codes)))
+    count = np.zeros(len(codes))
+    for s in range(0, keep.size, int(chunk)):
+        cols = keep[s:s + int(chunk)]
+        _, _, c, valid = null_weights(y[:, cols], p[:, cols], lengths)
+        roi = np.array([col[int(v)] for v in labels[cols]], dtype=np.int64)
+        onehot = np.zeros((cols.size, len(codes)))
+        onehot[np.flatnonzero(valid), roi[valid]] = 1.0
+        total += np.where(valid, c, 0.0) @ onehot
+        count += onehot.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1.0), np.nan)
+
+
 def sign_randomisation_test(
     y_true: np.ndarray,
     y_pred: np.ndarray,
@@ -167,14 +238,6 @@ def sign_randomisation_test(
     out = np.full(y.shape[1], np.nan)
     for s in range(0, y.shape[1], chunk):
         sl = slice(s, min(s + chunk, y.shape[1]))
-        r, offset, c, valid = null_weights(y[:, sl], p[:, sl], lengths)
-        s_obs = r - offset
-        c = np.abs(c)
-        var = (c ** 2).sum(0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            pv = stats.norm.sf(s_obs / np.sqrt(var))
-        tail = valid & (var > 0) & (pv < refine_below) & (s_obs > 0)
-        if tail.any():
-            pv[tail] = _saddlepoint_sf(s_obs[tail], c[:, tail])
-        out[sl] = np.where(valid & (var > 0), pv, np.nan)
+        _, _, c, valid = null_weights(y[:, sl], p[:, sl], lengths)
+        out[sl] = np.where(valid, sign_pvalues(np.where(valid, c, 0.0), refine_below), np.nan)
     return out

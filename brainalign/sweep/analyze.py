@@ -33,7 +33,7 @@ from .store import _quiet, _zarr_kwargs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["roi_curves", "roi_intervals", "checkpoint_difference", "consecutive_differences", "phase_table",
+__all__ = ["roi_curves", "roi_intervals", "roi_pvalues", "roi_significance", "group_significance", "checkpoint_difference", "consecutive_differences", "phase_table",
            "internal_state_curves", "analyze", "report", "flatmap_from_store"]
 
 #: Default confidence level of ROI intervals.
@@ -371,17 +371,108 @@ def _has_axis(curves: xr.Dataset, x: str) -> bool:
     return x in curves.coords and np.isfinite(curves[x].values).sum() >= 4
 
 
-def roi_significance(res: xr.Dataset, alpha: float = 0.05) -> xr.DataArray:
-    """Per ROI: is the subject-mean score of the chosen layer above zero at some checkpoint?
+def _has_null(res: xr.Dataset) -> bool:
+    return "roi_null" in res and bool(np.isfinite(res["roi_null"].values).any())
 
-    One-sided, Bonferroni over the done checkpoints: the lower end of the
-    ``1 - 2 alpha / n_checkpoints`` interval of :func:`roi_curves` is above zero.
+
+def roi_pvalues(res: xr.Dataset, layer="best") -> xr.DataArray:
+    """One-sided p-values that each ROI's subject-mean held-out score is above chance.
+
+    Per ROI and checkpoint, at the layer chosen on the training stories (``layer="best"``,
+    :func:`brainalign.rois.choose_layer`; or one layer): spectral sign randomisation of
+    the ROI mean (:func:`brainalign.encoding.significance.roi_null_terms`), the same random
+    signs for every target of the ROI, so the noise's spatial correlation is kept;
+    subjects' terms are independent and enter together, so the p-value is that of the
+    subject mean. Needs ``roi_null`` (sweeps since brainalign 0.13); NaN where a cell has
+    none. Returns a DataArray (roi, checkpoint).
     """
-    n = int(_done(res).sizes["checkpoint"])
-    lo = roi_curves(res, level=1 - 2 * alpha / n)["score_lo"]
+    from ..encoding.significance import ROI_METHOD, sign_pvalues
+
+    res = _done(res)
+    if "roi_null" not in res:
+        raise ValidationError("these results have no ROI null terms (roi_null): rerun the sweep with this version "
+                              "of brainalign for ROI-level tests")
+    null = res["roi_null"].astype(np.float64)
+    if layer == "best":
+        best = _chosen(res)["best_layer"].transpose("roi", "checkpoint")
+        first = float(res.layer.values[0])
+        pos = {int(v): i for i, v in enumerate(res.layer.values)}
+        idx = xr.DataArray(np.vectorize(lambda v: pos[int(v)])(best.fillna(first).values), dims=("roi", "checkpoint"))
+        terms = null.isel(layer=idx).where(best.notnull())
+    else:
+        terms = null.sel(layer=layer)
+    terms = terms.transpose("roi", "checkpoint", "subject", "term")
+    R, C, S, K = terms.shape
+    flat = terms.values.reshape(R * C, S * K).T  # subjects' terms concatenated
+    p = sign_pvalues(flat).reshape(R, C)
+    out = xr.DataArray(p, dims=("roi", "checkpoint"), coords={"roi": terms.roi.values, "checkpoint": terms.checkpoint.values})
+    out.attrs["test"] = ROI_METHOD
+    return out
+
+
+def roi_significance(res: xr.Dataset, alpha: float = 0.05) -> xr.DataArray:
+    """Per ROI: is the subject-mean score of the chosen layer above chance at some checkpoint?
+
+    With ROI null terms (``roi_null``): the ROI sign randomisation test of
+    :func:`roi_pvalues`, Bonferroni over the done checkpoints (the smallest p times their
+    number below ``alpha``; ``adjusted_p`` coordinate). Stores without them: the lower end
+    of the one-sided ``1 - 2 alpha / n_checkpoints`` block-bootstrap interval of
+    :func:`roi_curves` is above zero. Each ROI is tested at ``alpha`` (no correction over
+    ROIs: each ROI's phase claim stands on its own; the attribute says so).
+    """
+    done = _done(res)
+    n = int(done.sizes["checkpoint"])
+    if _has_null(done):
+        p = roi_pvalues(done)
+        adj = np.minimum(p.min("checkpoint", skipna=True) * n, 1.0)
+        out = (adj < alpha).assign_coords(adjusted_p=adj)
+        out.attrs["test"] = (f"{p.attrs['test']}; one-sided alpha = {alpha:g} per ROI, Bonferroni over {n} checkpoints "
+                             f"(the smallest p times {n})")
+        return out
+    lo = roi_curves(done, level=1 - 2 * alpha / n)["score_lo"]
     out = (lo > 0).any("checkpoint")
     out.attrs["test"] = (f"subject-mean ROI score > 0 at some checkpoint (block-bootstrap interval), one-sided "
                          f"alpha = {alpha:g}, Bonferroni over {n} checkpoints")
+    return out
+
+
+def group_significance(res: xr.Dataset, checkpoint: str, layer: int, q: float = 0.05) -> xr.Dataset:
+    """Targets whose held-out score is above chance over the subjects, FDR-controlled.
+
+    Each subject's one-sided p-value (``pvalue``, the sweep's ``stats.test``) is turned into
+    a z-score and the subjects' z-scores are combined by Stouffer's method (subjects are
+    independent); Benjamini-Hochberg at ``q`` over the targets with a p-value. Returns a
+    Dataset over ``target``: ``pvalue`` (combined), ``significant`` and ``score`` (the
+    subject mean), attributes ``test`` and ``n_significant``.
+    """
+    from scipy import stats as sstats
+
+    from ..encoding import fdr
+
+    if "pvalue" not in res:
+        raise ValidationError("these results have no p-values (stats.test was 'none'): rerun the sweep with "
+                              "stats.test: sign for significance maps")
+    cell = res.sel(checkpoint=checkpoint, layer=layer)
+    p = cell["pvalue"].transpose("subject", "target").values.astype(np.float64)
+    z = sstats.norm.isf(np.clip(p, 1e-300, 1.0))
+    n = np.isfinite(z).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        combined = sstats.norm.sf(np.nansum(z, 0) / np.sqrt(n))
+    combined = np.where(n > 0, combined, np.nan)
+    sig = np.zeros(combined.shape, bool)
+    ok = np.isfinite(combined)
+    if ok.any():
+        sig[ok] = fdr(combined[ok], q=q)[0]
+    test = res["pvalue"].attrs.get("long_name")
+    if not test:
+        from ..encoding.stats import significance_method
+
+        st = (res.attrs.get("config") or {}).get("stats") or {}
+        test = significance_method(st.get("test", "sign"), st.get("permutations", 1000), st.get("block_size", 20))
+    out = xr.Dataset({"pvalue": ("target", combined), "significant": ("target", sig),
+                      "score": cell["score"].mean("subject")}, coords={"target": res.target.values})
+    out.attrs.update(test=(f"per subject: {test}; subjects combined by Stouffer's method; Benjamini-Hochberg "
+                           f"q < {q:g} over {int(ok.sum())} targets"), n_significant=int(sig.sum()), q=q)
     return out
 
 
@@ -523,8 +614,12 @@ def analyze(path: str | Path, internal: bool = True, n_boot: int = 200, trust_re
     sweep = Sweep(path)
     res = sweep.results
     curves = roi_curves(res)
-    if "score_lo" in curves:  # phases only where alignment is significant
-        curves["significant"] = roi_significance(res)
+    if _has_null(_done(res)) or "score_lo" in curves:  # phases only where alignment is significant
+        sig = roi_significance(res)
+        curves["significant"] = sig
+        curves.attrs["significance_test"] = sig.attrs["test"]
+        if "adjusted_p" in sig.coords:
+            curves["roi_pvalue"] = roi_pvalues(res)
     phases, table = phase_table(curves, n_boot=n_boot)
     states = internal_state_curves(path, trust_remote_code=trust_remote_code) if internal else None
     return {"results": res, "curves": curves, "phases": phases, "phase_table": table, "internal": states}
@@ -648,6 +743,11 @@ def report(path: str | Path, out: str | Path = "report.html", figures_dir: str |
             "pattern": [phases[r].pattern if r in phases else "(too few checkpoints)" for r in curves.roi.values],
         }
     )
+    if "significant" in curves:
+        adj = curves["adjusted_p"] if "adjusted_p" in curves.coords else None
+        summary.insert(1, "above chance", [
+            ("yes" if bool(curves["significant"].sel(roi=r)) else "no")
+            + (f" (p = {float(adj.sel(roi=r)):.2g})" if adj is not None else "") for r in curves.roi.values])
     ceilings = _roi_ceilings(res, cfg, space)
     if ceilings is not None:
         summary.insert(3, "noise ceiling (ROI mean)", [ceilings.get(str(r), np.nan) for r in curves.roi.values])
@@ -662,6 +762,9 @@ def report(path: str | Path, out: str | Path = "report.html", figures_dir: str |
         "data have repeats; they are not applied to the scores. CCmax is undefined where the repeats show no signal; "
         "those targets count as 0 in the ROI means.",
     ]
+    if "significance_test" in curves.attrs:
+        text.append(f"Alignment above chance (\u201cabove chance\u201d; phases are claimed only there): "
+                    f"{curves.attrs['significance_test']}.")
     if "interval" in curves.attrs:
         ptext = ("from the t distribution with n_blocks - 1 degrees of freedom of the difference over its bootstrap SD"
                  if curves.attrs.get("method") == "t" else "from the replicates' signs")
@@ -705,6 +808,15 @@ def report(path: str | Path, out: str | Path = "report.html", figures_dir: str |
         v = mean_score.sel(checkpoint=best_ck, layer=best_layer).values
         fig = flatmap(v, space=space, title=f"{best_ck}, layer {best_layer}: held-out r (subject mean)", label="held-out r")
         maps.append((save(fig, "flatmap_best.png"), f"Best checkpoint and layer of {lead}."))
+        if "pvalue" in done:
+            g = group_significance(done, best_ck, best_layer)
+            fig = flatmap(g["score"].values, space=space, mask=g["significant"].values,
+                          title=f"{best_ck}, layer {best_layer}: held-out r where above chance (FDR q < {g.attrs['q']:g})",
+                          label="held-out r")
+            maps.append((save(fig, "flatmap_significant.png"),
+                         f"The same map, only where the score is above chance over the subjects: "
+                         f"{g.attrs['n_significant']} of {int(np.isfinite(g['pvalue'].values).sum())} targets "
+                         f"({g.attrs['test']})."))
         if movie and done.sizes["checkpoint"] > 1:
             frames = [mean_score.sel(checkpoint=c, layer=layer_of[c]).values for c in done.checkpoint.values.tolist()]
             labels = [f"{c} — {_tokens_label(float(t))} tokens" for c, t in zip(done.checkpoint.values, done.tokens.values)]

@@ -312,6 +312,7 @@ def _variables(plan: Plan) -> dict[str, tuple[tuple[str, ...], str]]:
         "roi_score": (("checkpoint", "layer", "subject", "roi"), "float32"),
         "roi_cv_score": (("checkpoint", "layer", "subject", "roi"), "float32"),
         "roi_boot": (("checkpoint", "layer", "subject", "roi", "boot"), "float32"),
+        "roi_null": (("checkpoint", "layer", "subject", "roi", "term"), "float32"),
         "feature_norm": (("checkpoint", "layer"), "float32"),
         "lm_loss": (("checkpoint",), "float32"),
         "task_seconds": (("checkpoint",), "float32"),
@@ -354,6 +355,11 @@ def _region(plan: Plan, res: xr.Dataset, roi: xr.DataArray, fs, roi_cv: xr.DataA
         out["roi_cv_score"] = (("layer", "subject", "roi"), _roi_array(plan, roi_cv))
     if "roi_boot" in res:
         out["roi_boot"] = (("layer", "subject", "roi", "boot"), _roi_array(plan, res["roi_boot"], ("boot",)))
+    if "roi_null" in res:
+        terms = _roi_array(plan, res["roi_null"], ("term",))
+        full = np.full((*terms.shape[:-1], _n_terms(plan)), np.nan, dtype="float32")
+        full[..., : terms.shape[-1]] = terms
+        out["roi_null"] = (("layer", "subject", "roi", "term"), full)
     norms = fs.metrics.get("activation_norm") or {}
     out["feature_norm"] = (("layer",), np.array([norms.get(layer, np.nan) for layer in plan.layers], dtype="float32"))
     loss = fs.metrics.get("mean_loss")  # token-weighted next-token loss on the stories (causal LMs)
@@ -548,6 +554,13 @@ def _n_blocks(plan: Plan) -> int:
                for s in plan.subjects)
 
 
+def _n_terms(plan: Plan) -> int:
+    """Most DCT terms of any subject's held-out stories (the ROI sign test's ``term`` axis)."""
+    ds = _dataset(plan.config)
+    return max(sum(ds.stories[st].n_trs for st in ds.test_stories_of(s)) - len(ds.test_stories_of(s))
+               for s in plan.subjects)
+
+
 def _create_store(plan: Plan, store: ResultsStore, force: bool) -> None:
     """The empty store of ``plan`` (or the existing one, checked and extended)."""
     coords = {
@@ -561,6 +574,7 @@ def _create_store(plan: Plan, store: ResultsStore, force: bool) -> None:
         "hemi": ("target", plan.hemi),
         "roi": np.array(plan.rois),
         "boot": np.arange(BOOTSTRAP["n_boot"]),
+        "term": np.arange(_n_terms(plan)),
     }
     cfg = plan.config
     _reuse_store(plan, store, force)
