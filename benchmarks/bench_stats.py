@@ -148,6 +148,41 @@ def cost(n: int, p: int, t: int, test_trs: int) -> dict:
     return {"shape": [n, p, t, test_trs], "fit_s": fit_s, "test_s": stats_s, "ratio": (fit_s + stats_s) / fit_s}
 
 
+def roi_level(seeds: int = 60, ars=(0.5, 0.9)) -> dict:
+    """Level of the ROI sign test through the real fit: simulated data without signal
+    (mesh-free, 2,000 targets smoothed along the index so neighbours share noise), random
+    word features, 20 ROIs of 100 neighbouring targets, two held-out stories; per subject
+    and for the mean of two subjects."""
+    import logging
+
+    from brainalign import datasets, encoding
+    from brainalign.encoding.significance import sign_pvalues
+    from brainalign.features import WordFeatures
+
+    logging.disable(logging.WARNING)
+    out = {}
+    for ar in ars:
+        one, two = [], []
+        for seed in range(seeds):
+            sim = datasets.load("simulated", space=2000, stories=None, n_subjects=2, n_rois=0, features="random:16",
+                                ar=ar, smoothing=8, test_story=["thelighthousekeeper", "thewatchmaker"], seed=seed)
+            rng = np.random.default_rng(seed + 100)
+            feats = {(s, 0): rng.standard_normal((sim.stories[s].n_words, 32)).astype(np.float32) for s in sim.stories}
+            wf = WordFeatures("null", "s", [0], 1, feats, list(sim.stories), training={"step": 0, "tokens": 0})
+            res = encoding.fit(wf, sim, layers=[0], backend="numpy", progress=False, rois=1 + np.arange(2000) // 100,
+                               n_boot=10)
+            t = res.roi_null.values[0]  # subject, roi, term
+            one += [sign_pvalues(t[0].T), sign_pvalues(t[1].T)]
+            two.append(sign_pvalues(np.concatenate([t[0], t[1]], axis=1).T))
+        one, two = np.concatenate(one), np.concatenate(two)
+        out[f"ar{ar}"] = {"one_subject": [one.size, float(np.mean(one < 0.05)), float(np.mean(one < 0.01))],
+                          "two_subjects": [two.size, float(np.mean(two < 0.05)), float(np.mean(two < 0.01))]}
+        print(f"ROI test, AR(1) {ar}: one subject, {one.size} null ROIs: p < 0.05 {np.mean(one < 0.05):.3f}, "
+              f"p < 0.01 {np.mean(one < 0.01):.3f}; mean of two subjects, {two.size}: {np.mean(two < 0.05):.3f}, "
+              f"{np.mean(two < 0.01):.3f}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--targets", type=int, default=4000, help="null targets per noise kind")
@@ -160,6 +195,8 @@ def main() -> None:
         out["level"] = level(args.targets)
     if "power" in parts:
         out["power"] = power(args.quick)
+    if "roi_level" in parts:
+        out["roi_level"] = roi_level(10 if args.quick else 60)
     if "cost" in parts:
         out["cost"] = [cost(687, 256, 20484, 291)] + ([] if args.quick else [cost(3000, 1000, 5000, 300)])
     print(json.dumps(out, indent=1))
