@@ -83,16 +83,16 @@ def level(n_targets: int, kinds=("0.9", "0.97", "bold"), seed: int = 0) -> dict:
     return out
 
 
-def power(quick: bool = False) -> dict:
+def power(quick: bool = False, seed: int = 0) -> dict:
     """Planted targets with true r >= 0.3 found at FDR q = 0.05, and the FDP (fsaverage5)."""
     from brainalign.datasets import load
     from brainalign.encoding import fit
     from brainalign.encoding.stats import fdr
     from brainalign.features import WordFeatures
 
-    ds = load("simulated", space="fsaverage5", n_subjects=1, features="random:16", snr=4.0 if quick else 4.0)
+    ds = load("simulated", space="fsaverage5", n_subjects=1, features="random:16", snr=4.0, seed=seed)
     truth = ds.ground_truth
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng([1, seed])
     # the features that drove the simulation are the model's: a perfect layer and a noisy one
     from brainalign.datasets.simulated import _feature_source
 
@@ -119,7 +119,7 @@ def power(quick: bool = False) -> dict:
         out[f"layer{layer}_null"] = {f"p<{a}": float(np.mean(null < a)) for a in (0.05, 0.01, 0.001)}
         out[f"layer{layer}"] = {"planted_r_ge_0.3": int(strong.sum()), "found": found, "fdp": fdp,
                                 "median_score_planted": float(np.nanmedian(res["score"].sel(layer=layer, subject=subj).values[strong]))}
-        print(f"power, layer {layer}: {found:.3f} of {int(strong.sum())} planted targets with true r >= 0.3 "
+        print(f"power, seed {seed}, layer {layer}: {found:.3f} of {int(strong.sum())} planted targets with true r >= 0.3 "
               f"FDR-significant; FDP {fdp:.4f}", flush=True)
     return out
 
@@ -188,13 +188,19 @@ def main() -> None:
     ap.add_argument("--targets", type=int, default=4000, help="null targets per noise kind")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--parts", default="level,power,cost")
+    ap.add_argument("--power-seeds", type=int, default=5, help="simulations in the power part")
     args = ap.parse_args()
     out = {}
     parts = args.parts.split(",")
     if "level" in parts:
         out["level"] = level(args.targets)
     if "power" in parts:
-        out["power"] = power(args.quick)
+        runs = [power(args.quick, seed) for seed in range(args.power_seeds)]
+        out["power"] = runs
+        for layer in ("layer0", "layer1"):
+            print(f"power over {len(runs)} seeds, {layer}: found {np.mean([r[layer]['found'] for r in runs]):.3f}, "
+                  f"mean FDP {np.mean([r[layer]['fdp'] for r in runs]):.4f} "
+                  f"(max {np.max([r[layer]['fdp'] for r in runs]):.4f})", flush=True)
     if "roi_level" in parts:
         out["roi_level"] = roi_level(10 if args.quick else 60)
     if "cost" in parts:
