@@ -12,6 +12,7 @@ from .internal import (
     participation_ratio,
     twonn_dimension,
 )
+from .instructions import ifeval_curve, instruction_curve, instruction_following, probe_items
 from .phases import PhaseResult, Segment, Transition, detect_phases
 
 __all__ = [
@@ -25,6 +26,10 @@ __all__ = [
     "detect_phases",
     "head_scores",
     "icl_score",
+    "ifeval_curve",
+    "instruction_curve",
+    "instruction_following",
+    "probe_items",
     "internal_states",
     "linear_cka",
     "load_causal_lm",

@@ -397,6 +397,19 @@ def icl_score(
     return {"icl_score": ll - le, "loss_early": le, "loss_late": ll, "early": early, "late": late, "n_seqs": int(len(nll))}
 
 
+def _training_state(folder: str | os.PathLike) -> tuple[float, float]:
+    """(step, tokens seen) from a checkpoint folder's ``trainer_state.json``; NaN when absent."""
+    import json
+    from pathlib import Path
+
+    state = Path(folder) / "trainer_state.json"
+    if not state.is_file():
+        return np.nan, np.nan
+    st = json.loads(state.read_text())
+    tok = st.get("num_input_tokens_seen")
+    return float(st.get("global_step", np.nan)), (np.nan if tok is None else float(tok))
+
+
 def model_states(
     checkpoints: Mapping[str, Any],
     tokenizer=None,
@@ -435,25 +448,15 @@ def model_states(
     per, icl, steps, toks = [], [], [], []
     for name in tqdm(names, desc="model states", unit="ckpt", leave=False):
         src = checkpoints[name]
-        step = tok = np.nan
         if isinstance(src, (str, os.PathLike)):
-            from pathlib import Path
-
-            state = Path(src) / "trainer_state.json"
-            if state.is_file():
-                import json
-
-                st = json.loads(state.read_text())
-                step = float(st.get("global_step", np.nan))
-                tok = st.get("num_input_tokens_seen")
-                tok = np.nan if tok is None else float(tok)
+            step, tok = _training_state(src)
             if tokenizer is None and texts is not None:
                 from transformers import AutoTokenizer
 
                 tokenizer = AutoTokenizer.from_pretrained(str(src))
             model = load_causal_lm(src, trust_remote_code=trust_remote_code)
         else:
-            model = src
+            model, step, tok = src, np.nan, np.nan
         per.append(head_scores(model, tokenizer, seq_len=seq_len, n_seqs=n_seqs, seed=seed))
         icl.append(icl_score(model, texts, tokenizer)["icl_score"] if texts is not None else np.nan)
         steps.append(step)
