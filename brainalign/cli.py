@@ -16,6 +16,7 @@ from ._version import __version__
 from .errors import BrainalignError, os_error_message
 
 _CLI_MODULES = (
+    "brainalign._score_cli",
     "brainalign.datasets._cli",
     "brainalign.features._cli",
     "brainalign.plotting._cli",
