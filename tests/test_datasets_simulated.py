@@ -131,13 +131,9 @@ def test_load_simulated_registry_and_subset():
     assert ds.ground_truth.snr == 1.0
 
 
-def test_minilm_feature_source_is_causal_and_cached(monkeypatch):
-    import brainalign.features
-
-    # the direct MiniLM reader (used when brainalign.features.extract is absent)
-    monkeypatch.delattr(brainalign.features, "extract", raising=False)
+def test_minilm_feature_source_is_causal_and_cached():
     from brainalign.config import cache_dir
-    from brainalign.datasets.simulated import minilm_features
+    from brainalign.features import minilm_features
     from brainalign.stimulus import Story
 
     words = "the old man walked slowly down to the harbour to watch the boats".split()
@@ -187,3 +183,50 @@ def test_several_test_stories_are_each_repeated_and_held_out():
         _small(stories=2, test_story=["thelighthousekeeper", "theflood"])
     with pytest.raises(ValidationError, match="several different"):
         _small(test_story=["theflood", "theflood"])
+
+
+def test_simulated_reaches_no_later_stage_and_loads_lazily():
+    """Importing the datasets package imports no adapter; the simulated adapter imports no
+    features code until a MiniLM source is asked for."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, brainalign.datasets as d\n"
+        "assert 'brainalign.datasets.simulated' not in sys.modules\n"
+        "from brainalign.datasets import simulated\n"
+        "assert not [m for m in sys.modules if m.startswith(('brainalign.features', 'brainalign.encoding', "
+        "'brainalign.sweep'))], sorted(sys.modules)\n"
+        "ds = d.load('simulated', n_subjects=1, stories=2, space=40, features='random:3')\n"
+        "assert 'brainalign.features' not in sys.modules\n"
+        "assert d.simulate is simulated.simulate\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_feature_source_names_and_moved_minilm():
+    from brainalign.datasets import simulated
+    from brainalign.features import minilm_features
+
+    ds = _small(features="random:16")
+    np.testing.assert_array_equal(ds.responses("sim01", "theflood"), _small().responses("sim01", "theflood"))
+    assert ds.info["feature_source"] == "random word-type embedding (dim=16, seed=0)"
+    for bad in ("minilm:x", "glove", 3):
+        with pytest.raises(ValidationError, match=r"'minilm\[:layer\]' or 'random\[:dim\]'"):
+            _small(features=bad)
+    with pytest.warns(DeprecationWarning, match="moved to brainalign.features.minilm_features"):
+        assert simulated.minilm_features is minilm_features
+
+
+def test_ground_truth_is_keyword_only_and_subsets_keep_it():
+    from brainalign.datasets.simulated import GroundTruth, SimulatedDataset
+
+    with pytest.raises(TypeError):
+        GroundTruth({}, {}, {}, 1.0, {}, {}, {}, np.zeros((2, 1)), {}, np.ones(3), "x", 0.5, 3, 4, 0)
+    ds = _small(n_subjects=3)
+    sub = ds.subset(["sim03", "sim01"])
+    assert type(sub) is SimulatedDataset and sub.subjects == ["sim03", "sim01"]
+    assert sub.ground_truth is ds.ground_truth
+    np.testing.assert_array_equal(sub.responses("sim03", "theflood"), ds.responses("sim03", "theflood"))
+    with pytest.raises(KeyError, match="no subject 'sim02'"):
+        sub.responses("sim02", "theflood")

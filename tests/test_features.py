@@ -371,3 +371,42 @@ def test_dataset_source_cache_key_and_pickling(gpt2, tmp_path):
     np.testing.assert_allclose(fs.design(["b"], layer=1), fs.design([b], layer=1))
     clone = pickle.loads(pickle.dumps(fs))  # lazily cached features travel to workers
     np.testing.assert_array_equal(clone.get("b", 3), fs.get("b", 3))
+
+
+def test_config_names_reach_extract(gpt2, tmp_path):
+    """A run config's ``features:`` names: ``float16`` stores float16, ``word_reduction`` is
+    the old name of ``word_state`` (a DeprecationWarning); both reach :func:`extract`."""
+    from brainalign.features import extract_options
+
+    st = story("shapes", SHAPES * 2)
+    opts = extract_options({"context_tokens": 16, "batch_size": 4, "float16": True, "word_state": "mean"})
+    assert opts == {"context_tokens": 16, "batch_size": 4, "cache_dtype": "float16", "word_state": "mean"}
+    assert extract_options({"float16": False})["cache_dtype"] == "float32"
+    h = extract([st], model=gpt2, cache=tmp_path / "f16", layers=[2], **opts)
+    stored = list((tmp_path / "f16").rglob("L002.npy"))
+    assert len(stored) == 1 and np.load(stored[0]).dtype == np.float16
+    mean = extract([st], model=gpt2, context_tokens=16, cache=False, word_state="mean", layers=[2])
+    np.testing.assert_allclose(h.get("shapes", 2), mean.get("shapes", 2), rtol=2e-3, atol=2e-3)
+    with pytest.warns(DeprecationWarning, match="word_reduction is deprecated; use features.word_state"):
+        assert extract_options({"word_reduction": "mean"}) == {"word_state": "mean"}
+    with pytest.warns(DeprecationWarning, match=r"extract\(word_reduction=\) is deprecated; use word_state="):
+        old = extract([st], model=gpt2, context_tokens=16, cache=False, word_reduction="mean", layers=[2])
+    np.testing.assert_array_equal(old.get("shapes", 2), mean.get("shapes", 2))
+    assert old.info["word_state"] == "mean"
+    with pytest.raises(ValidationError, match="unknown setting 'float64'"):
+        extract_options({"float64": True})
+    with pytest.raises(ValidationError, match="float16 and cache_dtype disagree"):
+        extract_options({"float16": True, "cache_dtype": "float32"})
+
+
+def test_features_know_their_stories_from_construction(gpt2):
+    """``Features(story_objs=)``: design() takes story names without anything patched in later."""
+    from brainalign.features import Features
+
+    a = story("a", TEXT[:25])
+    fs = extract([a], model=gpt2, context_tokens=16, layers=[1], cache=False)
+    again = Features(fs.model, fs.revision, fs.layers, fs.n_layers, {("a", 1): fs.get("a", 1)}, ["a"],
+                     story_objs={"a": a})
+    np.testing.assert_array_equal(again.design(["a"], layer=1), fs.design([a], layer=1))
+    with pytest.raises(ValidationError, match="Story objects"):
+        Features(fs.model, fs.revision, [1], fs.n_layers, {}, ["a"]).design(["a"], layer=1)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from brainalign.errors import DataNotFoundError
+from brainalign.errors import DataNotFoundError, ValidationError
 from brainalign.features import extract, list_revisions
 from brainalign.features import extraction as extract_mod
 from brainalign.features.revisions import PYTHIA_TOKENS_PER_STEP
@@ -48,10 +48,10 @@ def _stories():
 def test_revisions_load_offline_differ_and_are_cached(offline, monkeypatch):
     root, commits = offline
     stories = _stories()
-    assert list_revisions(REPO, cache_dir=root) == ["step100", "step200", "step300"]
+    assert list_revisions(REPO, hf_cache_dir=root) == ["step100", "step200", "step300"]
     got = {}
     for rev in REVS:
-        fs = extract(stories, model=REPO, revision=rev, cache_dir=root, context_tokens=8)
+        fs = extract(stories, model=REPO, revision=rev, hf_cache_dir=root, context_tokens=8)
         assert fs.info["commit"] == commits[rev] and fs.info["cache_hits"] == 0
         assert fs.layers == [0, 1, 2] and fs.n_layers == 2
         step = int(rev[4:])
@@ -68,7 +68,7 @@ def test_revisions_load_offline_differ_and_are_cached(offline, monkeypatch):
         raise AssertionError("model loaded on a cache hit")
 
     monkeypatch.setattr(extract_mod, "load_model", boom)
-    again = extract(stories, model=REPO, revision="step200", cache_dir=root, context_tokens=8)
+    again = extract(stories, model=REPO, revision="step200", hf_cache_dir=root, context_tokens=8)
     assert again.info["cache_hits"] == 2 and again.info["commit"] == commits["step200"]
     for layer in again.layers:
         np.testing.assert_array_equal(again.get("tale", layer), got["step200"].get("tale", layer))
@@ -79,17 +79,31 @@ def test_moved_branch_invalidates_and_missing_revision_is_clear(offline, tmp_pat
     root, commits = offline
     stories = _stories()[1:]
     feat_cache = tmp_path / "fc"
-    a = extract(stories, model=REPO, revision="step100", cache_dir=root, cache=feat_cache, context_tokens=8)
+    a = extract(stories, model=REPO, revision="step100", hf_cache_dir=root, cache=feat_cache, context_tokens=8)
     ref = root / ("models--" + REPO.replace("/", "--")) / "refs" / "step100"
     old = ref.read_text()
     try:
         ref.write_text(commits["step300"])  # the branch now points at another commit
-        b = extract(stories, model=REPO, revision="step100", cache_dir=root, cache=feat_cache, context_tokens=8)
+        b = extract(stories, model=REPO, revision="step100", hf_cache_dir=root, cache=feat_cache, context_tokens=8)
     finally:
         ref.write_text(old)
     assert b.info["cache_hits"] == 0 and b.info["commit"] == commits["step300"]
     assert not np.allclose(a.get("short", 1), b.get("short", 1))
     with pytest.raises(DataNotFoundError, match="step999"):
-        extract(stories, model=REPO, revision="step999", cache_dir=root, cache=False)
+        extract(stories, model=REPO, revision="step999", hf_cache_dir=root, cache=False)
     with pytest.raises(DataNotFoundError, match="not in the local Hugging Face cache"):
-        list_revisions("nobody/nothing", cache_dir=root)
+        list_revisions("nobody/nothing", hf_cache_dir=root)
+
+
+def test_old_cache_dir_keyword_is_the_hf_cache_with_a_warning(offline, tmp_path):
+    root, commits = offline
+    stories = _stories()[1:]
+    with pytest.warns(DeprecationWarning, match=r"cache_dir=\) is deprecated; use hf_cache_dir="):
+        assert list_revisions(REPO, cache_dir=root) == ["step100", "step200", "step300"]
+    new = extract(stories, model=REPO, revision="step200", hf_cache_dir=root, cache=False, context_tokens=8)
+    with pytest.warns(DeprecationWarning, match=r"extract\(cache_dir=\) is deprecated; use hf_cache_dir="):
+        old = extract(stories, model=REPO, revision="step200", cache_dir=root, cache=False, context_tokens=8)
+    assert old.info["commit"] == new.info["commit"] == commits["step200"]
+    np.testing.assert_array_equal(old.get("short", 2), new.get("short", 2))
+    with pytest.raises(ValidationError, match="not two different"), pytest.warns(DeprecationWarning):
+        extract(stories, model=REPO, revision="step200", cache_dir=root, hf_cache_dir=tmp_path, cache=False)

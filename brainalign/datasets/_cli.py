@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 
-from . import REGISTRY, available
+from ..errors import ValidationError
+from . import REGISTRY, adapter, available
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -17,10 +17,11 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    if args.name not in REGISTRY:
-        print(f"unknown dataset {args.name!r}; known: {', '.join(REGISTRY)}")
+    try:
+        mod = adapter(args.name)
+    except ValidationError as exc:  # not registered
+        print(exc)
         return 2
-    mod = importlib.import_module(f"brainalign.datasets.{REGISTRY[args.name][0]}")
     if not hasattr(mod, "check"):
         print(f"{args.name}: nothing to check (generated on demand)")
         return 0

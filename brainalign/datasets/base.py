@@ -1,4 +1,51 @@
-"""The :class:`Dataset` every adapter returns: stories, subjects, split, responses."""
+"""The :class:`Dataset` every adapter returns, and the contract of a dataset adapter.
+
+The adapter contract
+--------------------
+A dataset adapter is anything with a ``load`` function (a module such as
+:mod:`brainalign.datasets.lebel2023`, or an object) registered under a name with
+:func:`brainalign.datasets.register_dataset`; :func:`brainalign.datasets.load` looks the
+name up and calls it. :class:`DatasetAdapter` spells the contract out:
+
+``load(root, subjects=None, **options) -> Dataset``
+    ``root`` is where the data live (a folder, a file, or ``None`` for data generated on
+    demand); ``subjects`` keeps only these subjects (``None``: every subject found).
+    The options an adapter takes are the keyword parameters of its signature:
+    :func:`~brainalign.datasets.load` refuses any other option with a
+    :class:`~brainalign.errors.ValidationError` naming it and the accepted ones, before
+    calling the adapter (an adapter whose ``load`` takes ``**kwargs`` checks its own).
+    It returns a :class:`Dataset` (or a subclass): stories, subjects, spaces, the
+    train/test split and lazily read responses. Nothing large is read by ``load``.
+
+``check(root, subjects=None, **options) -> dict`` (optional)
+    What of the dataset is on disk, without loading it; ``brainalign datasets check
+    NAME ROOT`` prints it. Keys: ``present``, ``missing``, ``not_downloaded`` (lists of
+    paths relative to ``root``), ``ok`` (bool), ``command`` (what gets the missing files,
+    or ``None``); optional ``problems`` (list of str), ``stories``, ``excluded``,
+    ``missing_transcripts``. An adapter without ``check`` has nothing on disk to check.
+
+Errors an adapter raises:
+
+* a subject the dataset does not have: :class:`UnknownSubjectError` (a
+  ``ValidationError`` and a ``KeyError``, naming the subject and the subjects there
+  are); what :meth:`Dataset.space`, :meth:`Dataset.responses` ... raise as well;
+* a subject (or story) that belongs to the dataset but whose files are not on disk:
+  :class:`~brainalign.errors.DataNotFoundError`, or
+  :class:`~brainalign.errors.NotDownloadedError` for git-annex pointers, with the
+  command that gets them;
+* malformed files or options: :class:`~brainalign.errors.ValidationError` naming the
+  file (and line) or the option.
+
+A minimal adapter::
+
+    from brainalign.datasets import Dataset, register_dataset
+
+    def load(root, subjects=None, n_trs=100):
+        ...  # read what lives under root
+        return Dataset("mydata", stories, subjects, space, responses, train, test)
+
+    register_dataset("mydata", load, "my lab's recordings")  # or a module path: "mypkg.mydata"
+"""
 
 from __future__ import annotations
 
@@ -6,7 +53,7 @@ import os
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -14,7 +61,30 @@ from ..errors import ValidationError
 from ..stimulus import Responses, Space, Story
 from ..timing import check_words_in_scan, zscore_per_story
 
-__all__ = ["Dataset", "response_cache_bytes"]
+__all__ = ["Dataset", "DatasetAdapter", "UnknownSubjectError", "response_cache_bytes"]
+
+
+class UnknownSubjectError(ValidationError, KeyError):
+    """A subject the dataset does not have.
+
+    Both a :class:`~brainalign.errors.ValidationError` (bad input) and a ``KeyError``
+    (a lookup by subject that failed), so either ``except`` catches it.
+    """
+
+    __str__ = ValidationError.__str__  # the message as written, not KeyError's repr of it
+
+
+@runtime_checkable
+class DatasetAdapter(Protocol):
+    """What :func:`brainalign.datasets.load` calls (see the module docstring).
+
+    ``check(root, subjects=None, **options) -> dict`` is optional and not part of the
+    runtime check.
+    """
+
+    def load(self, root: str | os.PathLike | None, subjects: Sequence[str] | None = None, **options: Any) -> "Dataset":
+        """The dataset under ``root``, restricted to ``subjects`` when given."""
+        ...
 
 # stories whose words were checked against their scans (a subset of a dataset does not warn again)
 _checked_stories: "weakref.WeakSet[Story]" = weakref.WeakSet()
@@ -180,14 +250,14 @@ class Dataset:
 
     def _check_subject(self, subject: str) -> None:
         if subject not in self._spaces:
-            raise KeyError(f"dataset {self.name!r} has no subject {subject!r} (subjects: {self.subjects})")
+            raise UnknownSubjectError(f"dataset {self.name!r} has no subject {subject!r} (subjects: {self.subjects})")
 
     def subset(self, subjects: Sequence[str]) -> "Dataset":
         """The same dataset restricted to some subjects."""
         for s in subjects:
             self._check_subject(s)
         keep = set(subjects)
-        return Dataset(
+        return type(self)(
             self.name,
             list(self.stories.values()),
             list(subjects),
@@ -197,7 +267,12 @@ class Dataset:
             self.test_stories,
             {k: v for k, v in self._repeats.items() if k[0] in keep},
             self.info,
+            **self._subset_kwargs(),
         )
+
+    def _subset_kwargs(self) -> dict[str, Any]:
+        """Extra constructor arguments a subclass carries over to :meth:`subset`."""
+        return {}
 
     def __repr__(self) -> str:
         return (

