@@ -102,7 +102,15 @@ def test_check_reports_annex_pointers_and_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code != 0
     assert "not downloaded" in out and "datalad get" in out
-    assert "derivative/preprocessed_data/UTS01/wheretheressmoke.hf5" in out or "more" in out
+    pointers = rep["not_downloaded"]
+    assert f"not downloaded (git-annex pointers): {len(pointers)} files" in out
+    assert all(f"\n    {p}\n" in out for p in pointers[:20])  # the first --max-list (20) of them
+    assert f"\n    ... and {len(pointers) - 20} more\n" in out and f"\n    {pointers[20]}\n" not in out
+    assert "derivative/preprocessed_data/UTS01/wheretheressmoke.hf5" in pointers
+    assert main(["datasets", "check", "lebel2023", str(tmp_path), "--max-list", str(len(pointers))]) != 0
+    out = capsys.readouterr().out
+    assert "\n    derivative/preprocessed_data/UTS01/wheretheressmoke.hf5\n" in out  # all listed when asked
+    assert all(f"\n    {p}\n" in out for p in pointers) and "more\n" not in out
     with pytest.raises(NotDownloadedError, match="datalad get"):
         load("lebel2023", tmp_path, subjects=["UTS02"])
 
@@ -194,7 +202,8 @@ def test_target_counts_differing_across_stories_are_named(written):
     with pytest.raises(ValidationError, match=r"thegreenbicycle\.hf5: has 59 voxels"):
         load("lebel2023", written)
     ds = load("lebel2023", written, check_shapes=False)
-    ds.responses("sim02", "theflood")
+    with h5py.File(written / "derivative" / "preprocessed_data" / "sim02" / "theflood.hf5", "r") as f:
+        np.testing.assert_array_equal(ds.responses("sim02", "theflood"), f["data"][...])  # other stories still read
     with pytest.raises(ValidationError, match=r"thegreenbicycle\.hf5: has 59 targets"):
         ds.responses("sim02", "thegreenbicycle")
 

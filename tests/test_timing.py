@@ -150,6 +150,19 @@ def test_story_kfold_leaves_whole_stories_out():
     s1 = [v for _, v in StoryKFold(3, shuffle=True, random_state=1).split(lengths)]
     s2 = [v for _, v in StoryKFold(3, shuffle=True, random_state=1).split(lengths)]
     assert all(np.array_equal(a, b) for a, b in zip(s1, s2))
+    # shuffle=True deals the stories in a seeded random order: other folds than in order,
+    # other folds for another seed, still whole stories, still as balanced
+    assert not all(np.array_equal(a, b[1]) for a, b in zip(s1, splits))
+    orders = {tuple(StoryKFold(3, shuffle=True, random_state=r).fold_of_story(7)) for r in range(4)}
+    assert len(orders) > 1 and (0, 1, 2, 0, 1, 2, 0) not in orders
+    for order in orders:
+        assert sorted(np.bincount(order)) == [2, 2, 3]
+    seen = np.zeros(sum(lengths), int)
+    for val in s1:
+        assert all(set(story_of[val]) & set(story_of[other]) == set() for other in s1 if other is not val)
+        assert np.isin(np.flatnonzero(np.isin(story_of, story_of[val])), val).all()  # whole stories
+        seen[val] += 1
+    assert np.all(seen == 1)
     with pytest.raises(ValidationError, match="n_splits=5 needs at least"):
         list(StoryKFold(5).split([10, 10]))
 
