@@ -37,3 +37,36 @@ def register(sub) -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip the random-init baseline")
     p.add_argument("--trust-remote-code", action="store_true", help="run model code from the hub (off by default)")
     p.set_defaults(func=_score)
+    register_more(sub)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .protocols import compare
+
+    table = compare(*args.cards)
+    with __import__("pandas").option_context("display.width", 160, "display.max_columns", 20):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if args.out:
+        table.to_csv(args.out, index=False)
+        print(f"\ntable: {args.out}")
+    return 0
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from .protocols import leaderboard
+
+    table = leaderboard(args.folder, args.out)
+    where = args.out or args.folder
+    print(f"{len(table)} cards; {where}/leaderboard.html and {where}/leaderboard.md")
+    return 0
+
+
+def register_more(sub) -> None:
+    p = sub.add_parser("compare", help="models side by side: paired differences of their cards' ROI scores")
+    p.add_argument("cards", nargs="+", help="card folders (or card.json files); the first is the reference")
+    p.add_argument("-o", "--out", help="also write the table as CSV")
+    p.set_defaults(func=_compare)
+    p = sub.add_parser("leaderboard", help="every card under a folder as HTML and Markdown tables")
+    p.add_argument("folder")
+    p.add_argument("-o", "--out", help="output folder (default: FOLDER)")
+    p.set_defaults(func=_leaderboard)

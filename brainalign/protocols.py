@@ -34,7 +34,8 @@ from .errors import ValidationError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Protocol", "PROTOCOLS", "register_protocol", "get_protocol", "score", "read_card", "CARD_VERSION"]
+__all__ = ["Protocol", "PROTOCOLS", "register_protocol", "get_protocol", "score", "read_card", "compare", "leaderboard",
+           "CARD_VERSION"]
 
 #: version of the card's JSON layout
 CARD_VERSION = 1
@@ -271,3 +272,138 @@ def read_card(path: str | os.PathLike) -> dict:
     if not isinstance(card, dict) or card.get("brainalign_card") != CARD_VERSION:
         raise ValidationError(f"{p} is not a brainalign result card of version {CARD_VERSION}")
     return card
+
+
+# -- comparing cards --------------------------------------------------------------------------
+def _card_store(card: dict, folder: Path):
+    """The card's store, cut to its checkpoint, with layers numbered by their position in the
+    protocol's depths (so two models of different depths line up)."""
+    from .sweep import Sweep
+
+    res = Sweep(folder / card["store"]).results.sel(checkpoint=[card["checkpoint"]])
+    keep = [v for v in ("roi_score", "roi_cv_score", "roi_boot") if v in res]
+    res = res[keep].assign_coords(layer=np.arange(res.sizes["layer"])).drop_vars(
+        [c for c in ("depth", "step", "tokens", "done") if c in res.coords])
+    return res
+
+
+def _comparable(cards: list[dict], where: list[Path]) -> None:
+    first = cards[0]
+    for card, p in zip(cards[1:], where[1:]):
+        for what, key in (("protocol", ("protocol", "key")), ("protocol version", ("protocol", "version")),
+                          ("dataset", ("dataset", "name")), ("subjects", ("dataset", "subjects"))):
+            if card[key[0]][key[1]] != first[key[0]][key[1]]:
+                raise ValidationError(f"cards {where[0]} and {p} differ in {what} ({first[key[0]][key[1]]!r} vs "
+                                      f"{card[key[0]][key[1]]!r}): their scores are not comparable")
+
+
+def compare(*paths: str | os.PathLike, level: float = 0.95):
+    """Models side by side: paired differences of ROI scores (the same targets, test TRs and
+    bootstrap blocks), at each model's layer chosen on the training stories and at each
+    relative depth of the protocol.
+
+    Subjects are kept fixed (both models were scored on the same subjects; the
+    difference is about these subjects' data). Returns a pandas DataFrame, one row per
+    (model after the first, ROI, layer rule):
+    ``difference`` (that model minus the first), its interval and two-sided p-value. Cards
+    made with different protocols, protocol versions, datasets or subjects are refused.
+    """
+    import pandas as pd
+    import xarray as xr
+
+    from .sweep.analyze import checkpoint_difference
+
+    if len(paths) < 2:
+        raise ValidationError("compare needs at least two cards")
+    where = [Path(p) if Path(p).is_dir() else Path(p).parent for p in paths]
+    cards = [read_card(p) for p in paths]
+    _comparable(cards, where)
+    stores = [_card_store(c, w).assign_coords(checkpoint=[f"m{i}"]) for i, (c, w) in enumerate(zip(cards, where))]
+    both = xr.concat(stores, "checkpoint", coords="minimal", compat="override", join="override")
+    both.attrs["bootstrap"] = _bootstrap_attrs(where[0] / cards[0]["store"])
+    depths = [x["depth"] for x in cards[0]["layers"]]
+    rows = []
+    for i in range(1, len(cards)):
+        for rule in ["best", *range(len(depths))]:
+            d = checkpoint_difference(both, "m0", f"m{i}", layer=rule, level=level, subjects="fixed")
+            for roi in d.roi.values.tolist():
+                rows.append({"model": _label(cards[i]), "versus": _label(cards[0]), "roi": roi,
+                             "layer": "chosen (CV)" if rule == "best" else f"depth {depths[rule]:g}",
+                             "difference": float(d.difference.sel(roi=roi)), "lo": float(d.lo.sel(roi=roi)),
+                             "hi": float(d.hi.sel(roi=roi)), "p": float(d.pvalue.sel(roi=roi))})
+    return pd.DataFrame(rows)
+
+
+def _bootstrap_attrs(store: Path) -> dict:
+    from .sweep import Sweep
+
+    return Sweep(store).results.attrs.get("bootstrap", {})
+
+
+def _label(card: dict) -> str:
+    m = card["model"]
+    return m["name"] + (f"@{m['revision']}" if m.get("revision") else "")
+
+
+# -- leaderboard ------------------------------------------------------------------------------
+_SORT_JS = """<script>
+document.querySelectorAll('th').forEach((th, i) => th.addEventListener('click', () => {
+  const body = th.closest('table').tBodies[0], rows = [...body.rows], up = th.dataset.up !== '1';
+  const key = r => { const t = r.cells[i].innerText, x = parseFloat(t); return isNaN(x) ? t : x; };
+  rows.sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0) * (up ? 1 : -1));
+  th.dataset.up = up ? '1' : '0'; rows.forEach(r => body.appendChild(r));
+}));
+</script>"""
+
+
+def _row(card: dict, path: Path) -> dict:
+    s, base = card["summary"], card.get("baselines", {}).get("random_init", {}).get("summary", {})
+    lang = s.get("language", {}).get("score")
+    best = max(card["best"].items(), key=lambda kv: -np.inf if kv[1]["score"] is None else kv[1]["score"], default=None)
+    return {
+        "model": card["model"]["name"], "revision": card["model"].get("revision") or "",
+        "protocol": f"{card['protocol']['name']} ({card['protocol']['key']})", "dataset": card["dataset"]["name"],
+        "subjects": len(card["dataset"]["subjects"]),
+        "language r": lang, "whole cortex r": s.get("whole_cortex", {}).get("score"),
+        "best ROI": f"{best[0]} ({best[1]['score']:.3f}, depth {best[1]['depth']:g})" if best and best[1]["score"] is not None else "",
+        "random-init language r": base.get("language", {}).get("score"),
+        "brainalign": card.get("brainalign_version", ""), "git commit": (card.get("git_commit") or "")[:12],
+        "created": card.get("created", "")[:19], "card": str(path),
+    }
+
+
+def leaderboard(folder: str | os.PathLike, out: str | os.PathLike | None = None):
+    """Every result card under ``folder`` as one table: ``leaderboard.html`` (sortable by
+    clicking a column) and ``leaderboard.md`` in ``out`` (default ``folder``). Returns the
+    table (pandas DataFrame), best language-network score first. Cards of different
+    protocols are listed together but the protocol column says which numbers compare."""
+    import html
+
+    import pandas as pd
+
+    root = Path(folder)
+    paths = sorted(root.rglob("card.json"))
+    if not paths:
+        raise ValidationError(f"no result cards (card.json) under {root}")
+    table = pd.DataFrame([_row(read_card(p), p.parent.relative_to(root)) for p in paths])
+    table = table.sort_values(["protocol", "language r", "whole cortex r"], ascending=[True, False, False],
+                              na_position="last").reset_index(drop=True)
+    out = Path(out) if out is not None else root
+    fmt = table.copy()
+    for col in ("language r", "whole cortex r", "random-init language r"):
+        fmt[col] = [("" if v is None or not np.isfinite(v) else f"{v:.4f}") for v in fmt[col]]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in fmt.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in fmt.values)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>brainalign leaderboard</title><style>"
+            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{padding:4px 8px;"
+            "border-bottom:1px solid #ddd;text-align:left}th{cursor:pointer;background:#f4f4f4}</style></head><body>"
+            f"<h1>brainalign leaderboard</h1><p>{len(table)} result cards under {html.escape(str(root.name))}. "
+            "Scores are held-out Pearson r; compare rows of the same protocol only.</p>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{_SORT_JS}</body></html>")
+    md = ["| " + " | ".join(fmt.columns) + " |", "|" + " --- |" * len(fmt.columns)]
+    md += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in fmt.values]
+    with atomic_path(out / "leaderboard.html") as tmp:
+        Path(tmp).write_text(page)
+    with atomic_path(out / "leaderboard.md") as tmp:
+        Path(tmp).write_text("\n".join(md) + "\n")
+    return table

@@ -86,3 +86,52 @@ def test_score_command(tmp_path, tiny_model, capsys):
     assert card["baselines"] == {}
     assert main(["score", "x", "--protocol", "nope", "-o", str(tmp_path / "d")]) == 2
     assert "unknown protocol 'nope'" in capsys.readouterr().err
+
+
+def test_compare_tells_a_better_model_and_not_an_equal_one(tmp_path, tiny_model):
+    """On data driven by MiniLM (layer 3), MiniLM is the better model than a barely trained
+    tiny GPT-NeoX; a model against itself shows no difference."""
+    from brainalign.features.loading import minilm_path
+    from brainalign.protocols import compare
+
+    proto = register_protocol(Protocol(
+        "simulated-minilm-v1", "simulated", 1, "simulated data driven by MiniLM layer 3 (tests)",
+        dataset_options={"space": 400, "stories": 5, "features": "minilm:3", "n_subjects": 2, "snr": 2.0,
+                         "test_story": ["thelighthousekeeper", "thewatchmaker"]},
+        depths=(0.5, 1.0), context_tokens=32, alphas=(0.0, 4.0, 5), n_folds=3, rois="whole_cortex"))
+    a = score(str(tiny_model.out_dir), protocol=proto, out=tmp_path / "tiny", baseline=False, progress=False)
+    b = score(str(minilm_path()), protocol=proto, out=tmp_path / "minilm", baseline=False, progress=False)
+    assert b["best"]["whole_cortex"]["score"] > a["best"]["whole_cortex"]["score"]
+    table = compare(tmp_path / "tiny", tmp_path / "minilm")
+    best = table[table.layer == "chosen (CV)"].iloc[0]
+    assert best.difference > 0 and best.lo > 0 and best.p < 0.05
+    np.testing.assert_allclose(best.difference, b["best"]["whole_cortex"]["score"] - a["best"]["whole_cortex"]["score"],
+                               atol=1e-6)
+    same = compare(tmp_path / "tiny", tmp_path / "tiny")
+    assert (same.difference == 0).all() and (same.p == 1).all()
+    register_protocol(SMALL)
+    other = score(str(tiny_model.out_dir), protocol="simulated-small-v1", out=tmp_path / "small", baseline=False,
+                  progress=False)
+    assert other["protocol"]["key"] != a["protocol"]["key"]
+    with pytest.raises(ValidationError, match="differ in protocol"):
+        compare(tmp_path / "tiny", tmp_path / "small")
+
+
+def test_leaderboard_lists_every_card(tmp_path, tiny_model, capsys):
+    from brainalign.cli import main
+
+    register_protocol(SMALL)
+    for name, rev in (("a", None), ("b", list(tiny_model.checkpoints)[1])):
+        score(str(tiny_model.out_dir), protocol=SMALL, revision=rev, out=tmp_path / "cards" / name, baseline=False,
+              progress=False)
+    assert main(["leaderboard", str(tmp_path / "cards")]) == 0
+    html = (tmp_path / "cards" / "leaderboard.html").read_text()
+    md = (tmp_path / "cards" / "leaderboard.md").read_text().splitlines()
+    assert len(md) == 4 and md[0].startswith("| model | revision | protocol")
+    for name in ("a", "b"):
+        card = read_card(tmp_path / "cards" / name)
+        assert card["model"]["revision"] in html and f"{card['summary']['whole_cortex']['score']:.4f}" in html
+    assert "<script>" in html and "simulated-small-v1" in html
+    assert main(["compare", str(tmp_path / "cards" / "a"), str(tmp_path / "cards" / "b")]) == 0
+    assert "chosen (CV)" in capsys.readouterr().out
+    assert main(["leaderboard", str(tmp_path / "nothing")]) == 2
