@@ -131,9 +131,10 @@ def worker(args) -> dict:
     saved = {}
 
     def brainalign_fit(Ys, **kw):
-        from brainalign.encoding import fit_ridge_cv
+        from brainalign.encoding import fit_ridge_cv, fit_ridge_cv_many
 
-        return fit_ridge_cv(X, Ys, lengths, alphas=ALPHAS, X_test=Xt, backend=args.backend, progress=False, **kw)
+        fit = fit_ridge_cv_many if isinstance(Ys, list) else fit_ridge_cv
+        return fit(X, Ys, lengths, alphas=ALPHAS, X_test=Xt, backend=args.backend, progress=False, **kw)
 
     def himalaya_fit(y):
         from himalaya.backend import set_backend

@@ -70,7 +70,7 @@ def level(n_targets: int, kinds=("0.9", "0.97", "bold"), seed: int = 0) -> dict:
                                Y_test=np.concatenate([Y[s.name] for s in test]), progress=False)
             yt = np.concatenate([Y[s.name] for s in test])
             new = sign_randomisation_test(yt, res.predictions, [s.n_trs for s in test])
-            old = permutation_test(yt, res.predictions, n_permutations=1000, block_length=10)
+            old = permutation_test(yt, res.predictions, n_permutations=1000, block_size=10)
             rows.append({"stories": [s.name for s in test], "trs": len(yt), "lag1_y": _lag1(yt),
                          "lag1_pred": _lag1(res.predictions),
                          "new_05": float(np.mean(new < 0.05)), "new_01": float(np.mean(new < 0.01)),

@@ -15,6 +15,8 @@ __all__ = [
     "ValidationError",
     "DataNotFoundError",
     "NotDownloadedError",
+    "MissingDependencyError",
+    "ExternalToolError",
     "is_annex_pointer",
     "check_data_file",
 ]
@@ -39,6 +41,16 @@ class DataNotFoundError(BrainalignError, FileNotFoundError):
 
 class NotDownloadedError(DataNotFoundError):
     """A git-annex / datalad pointer stands where the data file should be."""
+
+
+class MissingDependencyError(BrainalignError, ImportError):
+    """An optional Python package a feature needs is not installed (the message says
+    what to install); an ``ImportError``, so ``except ImportError`` catches it too."""
+
+
+class ExternalToolError(BrainalignError, RuntimeError):
+    """An external program brainalign ran (e.g. ffmpeg) failed; the message holds the
+    end of what it wrote to stderr."""
 
 
 def is_annex_pointer(path: str | os.PathLike) -> bool:

@@ -1,12 +1,39 @@
 """The ridge core against himalaya's own estimators, on the same story splits."""
 
+import contextlib
+
 import numpy as np
 import pytest
 
 from brainalign import ValidationError
-from brainalign.encoding import fit_ridge_cv, pearson_r, r2_score, story_folds
+from brainalign.encoding import fit_ridge_cv, fit_ridge_cv_many, pearson_r, r2_score, story_folds
+from brainalign.encoding._backend import _try_backend
 
 ALPHAS = np.logspace(0, 6, 13)
+GPU_BACKENDS = ("torch_cuda", "cupy")
+
+
+@pytest.fixture(autouse=True)
+def _himalaya_global_unchanged():
+    """Every test leaves himalaya's global backend as it found it (and checks the library does)."""
+    from himalaya.backend import get_backend
+
+    before = get_backend().name
+    yield
+    assert get_backend().name == before, "himalaya's global backend was changed"
+
+
+@contextlib.contextmanager
+def himalaya_global(name):
+    """himalaya's global backend set to ``name`` for the block (for himalaya's own estimators)."""
+    from himalaya.backend import get_backend, set_backend
+
+    previous = get_backend().name
+    b = set_backend(name)
+    try:
+        yield b
+    finally:
+        set_backend(previous)
 
 
 def _problem(rng, n, p, t, n_test=120, n_stories=10):
@@ -22,20 +49,14 @@ def _problem(rng, n, p, t, n_test=120, n_stories=10):
 
 
 def _himalaya(cls_name, X, Y, Xt, folds, backend, **kw):
-    from himalaya.backend import get_backend, set_backend
-
     from himalaya.kernel_ridge import KernelRidgeCV
     from himalaya.ridge import RidgeCV
 
-    previous = get_backend().name
-    b = set_backend(backend)
-    try:
+    with himalaya_global(backend) as b:
         cls = RidgeCV if cls_name == "ridge" else KernelRidgeCV
         m = cls(alphas=ALPHAS, cv=folds, **kw).fit(X, Y)
         return (b.to_numpy(m.best_alphas_), b.to_numpy(m.cv_scores_), b.to_numpy(m.predict(Xt)),
                 b.to_numpy(m.coef_) if cls_name == "ridge" else None)
-    finally:
-        set_backend(previous)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
@@ -82,14 +103,22 @@ def test_primal_and_kernel_agree_and_chunks_do_not_matter(rng):
 def test_subjects_sharing_a_design_equal_separate_fits(rng):
     X, Y, Xt, Yt, lengths = _problem(rng, 500, 60, 80)
     Y2 = Y[:, ::-1] + 0.5 * rng.standard_normal(Y.shape).astype(np.float32)
-    both = fit_ridge_cv(X, [Y, Y2[:, :50]], lengths, X_test=Xt, Y_test=[Yt, Yt[:, ::-1][:, :50]],
-                        backend="numpy", progress=False)
+    both = fit_ridge_cv_many(X, [Y, Y2[:, :50]], lengths, X_test=Xt, Y_test=[Yt, Yt[:, ::-1][:, :50]],
+                             backend="numpy", progress=False)
     one = fit_ridge_cv(X, Y2[:, :50], lengths, X_test=Xt, Y_test=Yt[:, ::-1][:, :50], backend="numpy",
                        progress=False)
     assert isinstance(both, list) and len(both) == 2
     assert both[1].predictions.shape == (Xt.shape[0], 50)
     np.testing.assert_array_equal(both[1].best_alpha_index, one.best_alpha_index)
     np.testing.assert_allclose(both[1].score, one.score, atol=1e-6)
+    # the old list form of fit_ridge_cv still works, warns, and gives the same list
+    with pytest.warns(DeprecationWarning, match="fit_ridge_cv_many"):
+        old = fit_ridge_cv(X, [Y, Y2[:, :50]], lengths, X_test=Xt, Y_test=[Yt, Yt[:, ::-1][:, :50]],
+                           backend="numpy", progress=False)
+    assert isinstance(old, list) and len(old) == 2
+    for a, b in zip(old, both):
+        np.testing.assert_array_equal(a.best_alpha_index, b.best_alpha_index)
+        np.testing.assert_array_equal(a.predictions, b.predictions)
 
 
 def test_explicit_non_partition_cv(rng):
@@ -149,26 +178,28 @@ def test_small_alpha_grid_takes_the_direct_route_and_matches_himalaya(rng):
 
     dec = _Primal(resolve_backend("numpy"), X, story_folds(lengths, 5), alphas, None)
     assert not any("H" in f for f in dec.folds)  # 3 alphas: one GEMM each is cheaper
-    from himalaya.backend import set_backend
     from himalaya.ridge import RidgeCV
 
-    set_backend("numpy")
-    m = RidgeCV(alphas=alphas, cv=story_folds(lengths, 5)).fit(X, Y)
+    with himalaya_global("numpy"):
+        m = RidgeCV(alphas=alphas, cv=story_folds(lengths, 5)).fit(X, Y)
+        pred = m.predict(Xt)
     assert len(np.unique(res.best_alpha_index)) >= 2
     np.testing.assert_allclose(res.best_alphas, m.best_alphas_, rtol=1e-5)
-    np.testing.assert_allclose(res.predictions, m.predict(Xt), atol=1e-4)
+    np.testing.assert_allclose(res.predictions, pred, atol=1e-4)
 
 
 def test_r2_fold_score_matches_himalaya(rng):
-    from himalaya.backend import set_backend
     from himalaya.ridge import RidgeCV
     from himalaya.scoring import r2_score as h_r2
 
     X, Y, Xt, Yt, lengths = _problem(rng, 600, 100, 200)
     Y[:, 0] = 0.0  # a constant target: R^2 is 0 for every alpha, largest alpha wins the tie
-    res = fit_ridge_cv(X, Y, lengths, X_test=Xt, backend="torch", score_func="r2", progress=False)
-    set_backend("numpy")
-    with np.errstate(invalid="ignore"):  # himalaya divides by the constant target's zero variance
+    res = fit_ridge_cv(X, Y, lengths, X_test=Xt, backend="torch", alpha_criterion="r2", progress=False)
+    # the old keyword still works, with a DeprecationWarning, and means the same
+    with pytest.warns(DeprecationWarning, match="score_func= is deprecated, use alpha_criterion="):
+        old = fit_ridge_cv(X, Y, lengths, X_test=Xt, backend="torch", score_func="r2", progress=False)
+    np.testing.assert_array_equal(old.best_alpha_index, res.best_alpha_index)
+    with himalaya_global("numpy"), np.errstate(invalid="ignore"):  # himalaya divides by the constant target's zero variance
         m = RidgeCV(alphas=ALPHAS, cv=story_folds(lengths, 5), solver_params=dict(score_func=h_r2)).fit(X, Y)
     # float32 rounding (himalaya's) can decide near-ties (scores 1e-7 apart; float64 sided with us):
     # almost all alphas are the same, and where one differs its score is as good
@@ -201,12 +232,54 @@ def test_bad_input_is_named(rng):
         fit_ridge_cv(X, Y, [20] * 5, method="dual")
 
 
-def test_gpu_backends_unavailable_give_clear_error_or_work():
-    # no GPU here: naming a GPU backend must fail with a clear error, not a pytest skip
-    from brainalign.encoding._backend import _try_backend
+def test_library_leaves_himalayas_global_backend_as_it_found_it(rng):
+    # a user's global backend survives fits with another backend: the array core, the
+    # banded ridge of variance partitioning (which runs himalaya's own estimators), auto
+    from brainalign.encoding import partition_variance_arrays
 
-    for name in ("torch_cuda", "cupy"):
-        b = _try_backend(name)
-        if b is None:
-            with pytest.raises(ValidationError, match="does not work"):
-                fit_ridge_cv(np.ones((10, 2)), np.ones((10, 1)), [5, 5], n_folds=2, backend=name)
+    X, Y, Xt, Yt, lengths = _problem(rng, 300, 20, 10, n_test=60)
+    for user in ("torch", "numpy"):
+        with himalaya_global(user):
+            from himalaya.backend import get_backend
+
+            for backend in ("numpy", "torch", "auto"):
+                fit_ridge_cv(X, Y, lengths, X_test=Xt, backend=backend, progress=False)
+                assert get_backend().name == user, (user, backend)
+            partition_variance_arrays(X[:, :10], X[:, 10:12], Y, lengths, Xt[:, :10], Xt[:, 10:12], Yt,
+                                      backend="numpy" if user == "torch" else "torch", n_iter=2)
+            assert get_backend().name == user
+
+
+def _gpu_or_skip(name):
+    b = _try_backend(name)
+    if b is None:
+        pytest.skip(f"himalaya backend {name!r} does not work here (no GPU): GPU-equals-CPU not checked")
+    return b
+
+
+@pytest.mark.parametrize("name", GPU_BACKENDS)
+def test_gpu_backend_unavailable_gives_a_clear_error(name):
+    # naming a GPU backend where it does not work fails with a clear error, not a pytest skip
+    if _try_backend(name) is not None:
+        pytest.skip(f"{name} works here; the error path is for machines without it")
+    with pytest.raises(ValidationError, match="does not work"):
+        fit_ridge_cv(np.ones((10, 2)), np.ones((10, 1)), [5, 5], n_folds=2, backend=name)
+
+
+@pytest.mark.parametrize("method", ["primal", "kernel"])
+@pytest.mark.parametrize("name", GPU_BACKENDS)
+def test_gpu_backend_equals_cpu(rng, name, method):
+    # GPU is used when present, CPU otherwise, with the same results (float32 arithmetic)
+    _gpu_or_skip(name)
+    X, Y, Xt, Yt, lengths = _problem(rng, 600, 80, 300) if method == "primal" else _problem(rng, 300, 700, 300)
+    cpu = fit_ridge_cv(X, Y, lengths, X_test=Xt, Y_test=Yt, backend="numpy", method=method, return_coef=True,
+                       progress=False)
+    gpu = fit_ridge_cv(X, Y, lengths, X_test=Xt, Y_test=Yt, backend=name, method=method, return_coef=True,
+                       progress=False)
+    assert gpu.info["backend"] == name and cpu.info["backend"] == "numpy"
+    assert np.mean(gpu.best_alpha_index == cpu.best_alpha_index) >= 0.99  # float32 near-ties may differ
+    same = gpu.best_alpha_index == cpu.best_alpha_index
+    np.testing.assert_allclose(gpu.cv_scores, cpu.cv_scores, atol=1e-4)
+    np.testing.assert_allclose(gpu.predictions[:, same], cpu.predictions[:, same], atol=1e-4)
+    np.testing.assert_allclose(gpu.coef[:, same], cpu.coef[:, same], atol=1e-5)
+    np.testing.assert_allclose(gpu.score[same], cpu.score[same], atol=1e-4)

@@ -44,7 +44,7 @@ def test_level_holds_on_autocorrelated_null_data(phi):
         one = sign_randomisation_test(y[start:start + m], p[start:start + m])
         assert np.mean(one < 0.05) <= 0.058, m
         start += m
-    old = permutation_test(y[:291, :4000], p[:291, :4000], n_permutations=500, block_length=10)
+    old = permutation_test(y[:291, :4000], p[:291, :4000], n_permutations=500, block_size=10)
     assert np.mean(old < 0.05) > np.mean(pv < 0.05) + 0.005  # what it replaces
 
 
@@ -80,7 +80,7 @@ def test_far_tail_has_no_floor_and_a_planted_signal_is_found():
     assert fdr(pv, 0.05)[0][planted].mean() >= 0.95
     assert np.mean(pv[~planted] < 0.05) < 0.07  # the rest is noise
     # the block permutation test's floor: 1 / (n_permutations + 1)
-    floor = permutation_test(y[:, :50], pred[:, :50], n_permutations=999, block_length=10).min()
+    floor = permutation_test(y[:, :50], pred[:, :50], n_permutations=999, block_size=10).min()
     assert floor == pytest.approx(1e-3)
 
 
@@ -121,7 +121,7 @@ def test_block_test_refuses_too_few_blocks_and_unknown_tests():
     rng = np.random.default_rng(0)
     y, p = rng.standard_normal((74, 3)), rng.standard_normal((74, 3))
     with pytest.raises(ValidationError, match="74 test TRs make only 3 blocks of 20: a permutation test needs at least 10"):
-        significance(y, p, test="block", block_length=20)
+        significance(y, p, test="block", block_size=20)
     with pytest.raises(ValidationError, match="test must be one of sign, block"):
         significance(y, p, test="bootstrap")
     assert np.allclose(significance(y, p, [74]), sign_randomisation_test(y, p))

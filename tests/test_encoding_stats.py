@@ -5,7 +5,7 @@ import pytest
 from scipy.stats import false_discovery_control
 
 from brainalign import ValidationError
-from brainalign.encoding import bootstrap_roi_ci, fdr, fit, permutation_test, variance_partition
+from brainalign.encoding import bootstrap_roi_ci, fdr, fit, partition_variance_arrays, permutation_test
 
 
 def test_permutation_perfect_and_null(rng):
@@ -19,20 +19,55 @@ def test_permutation_perfect_and_null(rng):
     assert 0.4 < np.median(p_null) < 0.6
 
 
+def _block_probes(nb, bl, n):
+    """Targets that reveal the block order of every permutation: target (m, j) has a
+    prediction that is 1 on the rows of block m and responses that are 1 on the rows of
+    block j (0 elsewhere, rows past ``nb * bl`` too), so its null r is 1 exactly when the
+    permutation puts block j against block m, and -1/(nb-1) otherwise."""
+    blocks = np.minimum(np.arange(n) // bl, nb)  # rows past the last whole block: "block nb"
+    onehot = (blocks[:, None] == np.arange(nb)[None, :]).astype(float)
+    p = np.repeat(onehot, nb, axis=1)  # column m * nb + j: block m
+    y = np.tile(onehot, (1, nb))  # column m * nb + j: block j
+    return y, p
+
+
 def test_permutation_null_matches_direct_computation(rng):
-    # the block cross-product trick equals shuffling blocks and correlating directly
-    n, t, bl = 105, 3, 10  # a partial last block is left out of both statistics
+    # the block cross-product trick equals shuffling blocks and correlating directly; the
+    # block orders are read off probe targets (the same orders serve every target), not
+    # re-derived from the generator, so any way of drawing permutations passes, and
+    # anything that is not a permutation of whole blocks fails
+    n, t, bl, nb, P = 105, 3, 10, 10, 50  # a partial last block is left out of both statistics
     y, p = rng.standard_normal((n, t)), rng.standard_normal((n, t))
-    pv, null = permutation_test(y, p, n_permutations=50, block_length=bl, random_state=3, return_null=True)
-    rng2 = np.random.default_rng(3)
-    for k in range(50):
-        order = rng2.permutation(10)
-        idx = (order[:, None] * bl + np.arange(bl)).ravel()
+    py, pp = _block_probes(nb, bl, n)
+    pv, null = permutation_test(np.hstack([y, py]), np.hstack([p, pp]), n_permutations=P, block_size=bl,
+                                random_state=3, return_null=True)
+    assert null.shape == (P, t + nb * nb)
+    probe = null[:, t:].reshape(P, nb, nb)  # [k, m, j]: 1 where block j faces block m
+    hit = np.isclose(probe, 1.0, atol=1e-5)
+    assert np.allclose(probe[~hit], -1 / (nb - 1), atol=1e-5)
+    # every draw is a permutation of the blocks (each block used exactly once) ...
+    assert (hit.sum(2) == 1).all() and (hit.sum(1) == 1).all()
+    orders = hit.argmax(2)  # orders[k, m] = the responses' block placed against prediction block m
+    # ... the draws differ, and each block lands everywhere (not a fixed or cyclic shuffle)
+    assert len({tuple(o) for o in orders}) == P
+    assert (orders != np.arange(nb)).any(1).all()
+    assert all(len(set(orders[:, m])) >= 5 for m in range(nb))
+    for k in range(P):
+        idx = (orders[k][:, None] * bl + np.arange(bl)).ravel()
         for j in range(t):
             r = np.corrcoef(p[:100, j], y[idx, j])[0, 1]
             assert null[k, j] == pytest.approx(r, abs=1e-5)
     obs = np.array([np.corrcoef(p[:100, j], y[:100, j])[0, 1] for j in range(t)])
-    np.testing.assert_allclose(pv, (1 + (null >= obs - 1e-12).sum(0)) / 51)
+    np.testing.assert_allclose(pv[:t], (1 + (null[:, :t] >= obs - 1e-12).sum(0)) / (P + 1))
+    # the same seed gives the same orders; another seed others
+    _, again = permutation_test(py, pp, n_permutations=P, block_size=bl, random_state=3, return_null=True)
+    np.testing.assert_array_equal(again, null[:, t:])
+    _, other = permutation_test(py, pp, n_permutations=P, block_size=bl, random_state=4, return_null=True)
+    assert not np.array_equal(other, null[:, t:])
+    # the old keyword still works, with a DeprecationWarning
+    with pytest.warns(DeprecationWarning, match="block_length= is deprecated, use block_size="):
+        old = permutation_test(y, p, n_permutations=P, block_length=bl, random_state=3)
+    np.testing.assert_array_equal(old, pv[:t])
 
 
 def test_permutation_bad_input(rng):
@@ -77,8 +112,8 @@ def test_variance_partition_separates_unique_parts(rng):
     W_lm[:, 40:] = 0  # targets 40..59: baseline only
     W_b[:, :20] = 0  # targets 0..19: LM only; 20..39 both
     Y = lm @ W_lm + base @ W_b + rng.standard_normal((n + L, nt))
-    out = variance_partition(lm[:n], base[:n], Y[:n], lengths, lm[n:], base[n:], Y[n:],
-                             backend="numpy", n_iter=10)
+    out = partition_variance_arrays(lm[:n], base[:n], Y[:n], lengths, lm[n:], base[n:], Y[n:],
+                                    backend="numpy", n_iter=10)
     assert set(out) >= {"r2_joint", "r2_lm", "r2_baseline", "unique_lm", "unique_baseline", "shared"}
     assert np.median(out["unique_lm"][:20]) > 0.3
     assert np.median(out["unique_baseline"][:20]) < 0.05
@@ -86,6 +121,13 @@ def test_variance_partition_separates_unique_parts(rng):
     assert np.median(out["unique_lm"][40:]) < 0.05
     assert np.median(out["unique_lm"][20:40]) > 0.15 and np.median(out["unique_baseline"][20:40]) > 0.15
     np.testing.assert_allclose(out["unique_lm"] + out["shared"], out["r2_lm"], atol=1e-6)
+    # the old name is the same function, with a DeprecationWarning
+    from brainalign.encoding import variance_partition
+
+    with pytest.warns(DeprecationWarning, match="partition_variance_arrays"):
+        old = variance_partition(lm[:n], base[:n], Y[:n], lengths, lm[n:], base[n:], Y[n:], backend="numpy", n_iter=10)
+    for k in out:
+        np.testing.assert_array_equal(old[k], out[k])
 
 
 def test_fit_on_simulated_dataset():

@@ -1,6 +1,11 @@
 """Flatmaps, inflated views, movies and curve figures (issue 7), headless (Agg)."""
 
+import importlib.util
+import os
 import shutil
+import subprocess
+import sys
+import types
 
 import matplotlib as mpl
 import numpy as np
@@ -23,6 +28,17 @@ from brainalign.rois import Atlas, aggregate, load_atlas
 from brainalign.surfaces import medial_wall
 
 N5 = 10242
+
+
+def _importorskip(module: str, why: str):
+    """(present, marker) for an optional dependency: tests needing it skip visibly without it."""
+    present = importlib.util.find_spec(module) is not None
+    return present, pytest.mark.skipif(not present, reason=f"{module} is not installed: {why} not checked")
+
+
+has_pycortex, requires_pycortex = _importorskip("cortex", "volume flatmaps drawn by pycortex")
+has_ffmpeg = shutil.which("ffmpeg") is not None
+requires_ffmpeg = pytest.mark.skipif(not has_ffmpeg, reason="ffmpeg is not on PATH: writing MP4 movies not checked")
 
 
 @pytest.fixture(scope="module")
@@ -111,15 +127,6 @@ def test_flatmap_mask_fsaverage6_outlines_and_formats(rng, lang, tmp_path):
     flatmap(v, out=tmp_path / "map.pdf")
     assert (tmp_path / "map.pdf").read_bytes()[:4] == b"%PDF"
 
-    # volume data go through pycortex; without it the message says what to install
-    from brainalign import DataNotFoundError, Space
-
-    vspace = Space.volume("UTS01", np.ones((4, 4, 4), bool))
-    try:
-        import cortex  # noqa: F401
-    except ImportError:
-        with pytest.raises(DataNotFoundError, match="pip install pycortex"):
-            flatmap(np.zeros(64), space=vspace, pycortex=("UTS01", "UTS01_auto"))
     with pytest.raises(ValidationError, match="match no fsaverage"):
         flatmap(np.zeros(1000))
     with pytest.raises(ValidationError, match="one map at a time"):
@@ -183,10 +190,114 @@ def test_flatmap_movie_gif(rng, lang, tmp_path):
     assert slow.shape == fast.shape and np.abs(slow - fast).max() <= 6
     with pytest.raises(ValidationError, match="labels"):
         flatmap_movie(list(frames), labels=["one"], out=tmp_path / "x.gif")
-    if shutil.which("ffmpeg") is None:
-        with pytest.raises(ValidationError, match="ffmpeg"):
-            flatmap_movie(list(frames), out=tmp_path / "movie.mp4")
     assert not (tmp_path / "x.gif").exists()
+
+
+def _movie_frames(lang):
+    return [np.where(lang.mask("L_pSTS"), a, 0.0) for a in (0.2, 0.6, 1.0)]
+
+
+def test_flatmap_movie_without_ffmpeg(lang, tmp_path, monkeypatch):
+    # ffmpeg absent (made so here, whether or not this machine has it): an MP4 is refused
+    # with what to install, and a GIF is still written (no MP4 beside it)
+    import brainalign.plotting.flat as flat
+
+    monkeypatch.setattr(flat.shutil, "which", lambda name: None)
+    with pytest.raises(ValidationError, match="ffmpeg"):
+        flatmap_movie(_movie_frames(lang), out=tmp_path / "movie.mp4")
+    assert flatmap_movie(_movie_frames(lang), out=tmp_path / "movie.gif") == [tmp_path / "movie.gif"]
+    assert not (tmp_path / "movie.mp4").exists()
+
+
+def test_ffmpeg_failure_is_a_runtime_error(lang, tmp_path, monkeypatch):
+    # an ffmpeg that runs and fails: a RuntimeError (and a brainalign error) carrying its
+    # stderr, and no partial file
+    from brainalign import BrainalignError
+    from brainalign.errors import ExternalToolError
+
+    fake = tmp_path / "bin" / "ffmpeg"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\ncat > /dev/null\necho 'Unknown encoder libx264' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    with pytest.raises(RuntimeError, match="ffmpeg failed writing .*Unknown encoder libx264") as info:
+        flatmap_movie(_movie_frames(lang), out=tmp_path / "movie.mp4")
+    assert isinstance(info.value, ExternalToolError) and isinstance(info.value, BrainalignError)
+    assert not (tmp_path / "movie.mp4").exists() and not list(tmp_path.glob(".*movie*"))
+
+
+@requires_ffmpeg
+def test_flatmap_movie_mp4_with_ffmpeg(lang, tmp_path):
+    written = flatmap_movie(_movie_frames(lang), out=tmp_path / "movie.gif", fps=5)
+    assert written == [tmp_path / "movie.gif", tmp_path / "movie.mp4"]  # MP4 beside the GIF by default
+    data = (tmp_path / "movie.mp4").read_bytes()
+    assert data[4:8] == b"ftyp" and len(data) > 1000
+    probe = subprocess.run([shutil.which("ffmpeg"), "-v", "error", "-i", str(tmp_path / "movie.mp4"), "-f", "null",
+                            "-"], capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr
+
+
+def _volume_case():
+    from brainalign import Space
+
+    mask = np.zeros((4, 5, 6), bool)
+    mask[1:3, 1:4, 2:5] = True
+    return Space.volume("UTS01", mask), np.arange(mask.sum(), dtype=float)
+
+
+def test_volume_flatmap_without_pycortex(monkeypatch):
+    # pycortex absent (made so here): an ImportError, and a brainalign error, saying what to install
+    from brainalign import BrainalignError
+
+    monkeypatch.setitem(sys.modules, "cortex", None)  # import cortex -> ImportError
+    vspace, v = _volume_case()
+    with pytest.raises(ImportError, match="pip install pycortex") as info:
+        flatmap(v, space=vspace, pycortex=("UTS01", "UTS01_auto"))
+    assert isinstance(info.value, BrainalignError)
+
+
+def test_volume_flatmap_hands_pycortex_the_volume(monkeypatch):
+    # pycortex present (a stand-in module): the values reach quickflat as a volume in the
+    # space's mask, with the colour limits, and the figure comes back titled
+    from matplotlib.figure import Figure
+
+    seen = {}
+
+    class Volume:
+        def __init__(self, data, subject, xfm, vmin, vmax, cmap):
+            seen.update(data=data, subject=subject, xfm=xfm, vmin=vmin, vmax=vmax, cmap=cmap)
+
+    def make_figure(vol, with_curvature):
+        seen["with_curvature"] = with_curvature
+        return Figure()
+
+    cortex = types.ModuleType("cortex")
+    cortex.Volume = Volume
+    cortex.quickflat = types.SimpleNamespace(make_figure=make_figure)
+    monkeypatch.setitem(sys.modules, "cortex", cortex)
+    vspace, v = _volume_case()
+    fig = flatmap(v, space=vspace, pycortex=("UTS01", "UTS01_auto"), vmin=0, vmax=10, cmap="viridis", title="t")
+    assert fig._suptitle.get_text() == "t"
+    assert (seen["subject"], seen["xfm"], seen["vmin"], seen["vmax"], seen["cmap"]) == ("UTS01", "UTS01_auto", 0, 10,
+                                                                                      "viridis")
+    assert seen["data"].shape == vspace.mask.shape and seen["with_curvature"]
+    np.testing.assert_array_equal(seen["data"][vspace.mask], v)
+    assert np.isnan(seen["data"][~vspace.mask]).all()
+
+
+@requires_pycortex
+def test_volume_flatmap_with_pycortex(tmp_path):
+    # the real pycortex and its sample subject S1 (shipped in pycortex's filestore)
+    import cortex
+
+    shape = cortex.db.get_xfm("S1", "fullhead").shape
+    from brainalign import Space
+
+    mask = cortex.db.get_mask("S1", "fullhead", "thick").astype(bool)
+    assert mask.shape == tuple(shape)
+    v = np.random.default_rng(0).standard_normal(int(mask.sum()))
+    fig = flatmap(v, space=Space.volume("S1", mask), pycortex=("S1", "fullhead"), out=tmp_path / "vol.png")
+    assert isinstance(fig, mpl.figure.Figure) and (tmp_path / "vol.png").stat().st_size > 0
 
 
 def _sweep_curves(rng):

@@ -8,11 +8,17 @@ from typing import Any
 
 import numpy as np
 
+from dataclasses import dataclass, field
+
 from ..errors import ValidationError
+from ._backend import Backend, resolve_backend
+from ._compat import renamed_keywords
 from .bootstrap import DEFAULT_BLOCK_LENGTH, DEFAULT_N_BOOT, MIN_BLOCKS, roi_bootstrap, roi_labels_for, roi_mean, tr_blocks
-from .ridge import DEFAULT_ALPHAS, fit_ridge_cv
+from .ridge import DEFAULT_ALPHAS, RidgeCVResult, fit_ridge_cv_many
 from .significance import ROI_METHOD, roi_null_terms
-from .stats import fdr, noise_ceiling, significance, significance_method
+from .stats import fdr as fdr_correct
+from .stats import noise_ceiling, significance, significance_method
+from .variables import fit_variables
 
 log = logging.getLogger(__name__)
 
@@ -69,24 +75,221 @@ def dataset_ceiling(dataset, subject: str, test: Sequence[str], method: str = "c
     return noise_ceiling(np.concatenate([r[:n_rep] for r in reps], axis=1), method=method)
 
 
+@dataclass
+class _Setup:
+    """What :func:`_validate` checked and derived from the inputs of :func:`fit`."""
+
+    layers: list[int]
+    subjects: list[str]
+    groups: list[tuple[tuple[str, ...], tuple[str, ...], list[str]]]
+    spaces: dict
+    n_targets: dict[str, int]
+    roi_spec: dict | None
+    roi_names: list[str]
+    n_terms: int
+
+
+@dataclass
+class _Arrays:
+    """The result arrays :func:`fit` fills group by group (NaN where not computed)."""
+
+    vars: dict[str, np.ndarray]
+    have_ceiling: bool = False
+    n_blocks: dict[str, int] = field(default_factory=dict)
+
+
+def _validate(features, dataset, layers, subjects, rois, n_boot) -> _Setup:
+    layer_list = select_layers(features, layers)
+    subjects = list(dataset.subjects if subjects is None else subjects)
+    if not subjects:
+        raise ValidationError("subjects is empty")
+    for s in subjects:
+        if s not in dataset.subjects:
+            raise ValidationError(f"dataset {dataset.name!r} has no subject {s!r} (subjects: {dataset.subjects})")
+    groups = subject_groups(dataset, subjects)
+    needed = {st for tr, te, _ in groups for st in tr + te}
+    missing = sorted(needed - set(features.stories))
+    if missing:
+        raise ValidationError(f"features of {features.model} lack stories {missing} that the dataset needs")
+    spaces = {s: dataset.space(s) for s in subjects}
+    n_targets = {s: spaces[s].n_targets for s in subjects}
+    roi_spec = {s: roi_labels_for(rois, spaces[s]) for s in subjects} if rois is not None else None
+    roi_names: list[str] = []
+    n_terms = 0
+    if roi_spec is not None:
+        for _, _, names in roi_spec.values():
+            roi_names += [n for n in names if n not in roi_names]
+        if not roi_names:
+            raise ValidationError("rois: the atlas labels no target")
+        if int(n_boot) < 1:
+            raise ValidationError(f"n_boot must be a positive integer, got {n_boot!r}")
+        n_terms = max(sum(dataset.stories[st].n_trs for st in te) - len(te) for _, te, _ in groups)
+    return _Setup(layer_list, subjects, groups, spaces, n_targets, roi_spec, roi_names, n_terms)
+
+
+def _empty_arrays(setup: _Setup, stats: bool, n_boot: int) -> _Arrays:
+    L, S, T = len(setup.layers), len(setup.subjects), max(setup.n_targets.values())
+    sizes = {"layer": L, "subject": S, "target": T, "roi": len(setup.roi_names), "boot": int(n_boot),
+             "term": setup.n_terms}
+    out = {}
+    for name, v in fit_variables(stats=stats, rois=setup.roi_spec is not None, ceiling=True).items():
+        if name == "score_normalised":
+            continue  # score / ceiling, made when assembling
+        fill = False if v.dtype == "bool" else np.nan
+        out[name] = np.full(tuple(sizes[d] for d in v.dims), fill, v.dtype)
+    return _Arrays(out)
+
+
+def _warn_few_blocks(test, test_lengths, boot_block_length, nb) -> None:
+    key = (tuple(test), int(boot_block_length))
+    if nb < MIN_BLOCKS and key not in _WARNED_BLOCKS:
+        _WARNED_BLOCKS.add(key)
+        log.warning(
+            "test stories %s (%d TRs) make only %d bootstrap blocks of %d TRs: ROI intervals will be wide "
+            "(t intervals with %d degrees of freedom) and percentile intervals too narrow; more test TRs give "
+            "tighter, better calibrated intervals", list(test), sum(test_lengths), nb, boot_block_length, nb - 1)
+
+
+def _store_subject(arr: _Arrays, setup: _Setup, li: int, s: str, res: RidgeCVResult, yt: np.ndarray,
+                   test_lengths: list[int], opts: dict) -> None:
+    """One subject's results of one layer into the result arrays (scores, ROI bootstrap
+    and null terms, p-values)."""
+    v = arr.vars
+    si, t = setup.subjects.index(s), setup.n_targets[s]
+    v["score"][li, si, :t] = res.score
+    v["r2"][li, si, :t] = res.r2
+    v["alpha"][li, si, :t] = res.best_alphas
+    v["cv_score"][li, si, :t] = res.cv_r
+    if setup.roi_spec is not None:
+        labels, codes, names = setup.roi_spec[s]
+        boot = roi_bootstrap(yt, res.predictions, test_lengths, labels, codes, n_boot=opts["n_boot"],
+                             block_length=opts["boot_block_length"], seed=opts["random_state"])
+        cols = [setup.roi_names.index(n) for n in names]
+        v["roi_boot"][li, si, cols] = boot.T
+        v["roi_score"][li, si, cols] = roi_mean(res.score, labels, codes)
+        if max(test_lengths) >= 8:  # shorter stories have no test of their correlation
+            terms = roi_null_terms(yt, res.predictions, test_lengths, labels, codes).T
+            v["roi_null"][li, si, cols] = 0.0
+            v["roi_null"][li, si, cols, : terms.shape[1]] = terms
+    if opts["stats"]:
+        pv = significance(yt, res.predictions, test_lengths, test=opts["stats_test"],
+                          n_permutations=opts["n_permutations"], block_size=opts["block_size"],
+                          random_state=opts["random_state"])
+        v["pvalue"][li, si, :t] = pv
+        v["significant"][li, si, :t] = fdr_correct(pv, q=opts["fdr"])[0]
+
+
+def _fit_group(arr: _Arrays, setup: _Setup, features, dataset, group, b: Backend, opts: dict) -> None:
+    """Every layer of one group of subjects sharing their stories: one design per layer,
+    one ridge CV for all of them, then each subject's scores and statistics."""
+    from ..features import design
+
+    train, test, members = group
+    train_st = [dataset.stories[st] for st in train]
+    test_st = [dataset.stories[st] for st in test]
+    lengths = [st.n_trs for st in train_st]
+    log.info("subjects %s: %d training stories, %d test stories", members, len(train), len(test))
+    Ys = [load_responses(dataset, s, train, opts["zscore_responses"]) for s in members]
+    Yts = [load_responses(dataset, s, test, opts["zscore_responses"]) for s in members]
+    for s, y in zip(members, Ys):
+        setup.spaces[s].check(y, where=f"responses of subject {s}")
+    test_lengths = [st.n_trs for st in test_st]
+    if setup.roi_spec is not None:
+        nb = int(tr_blocks(test_lengths, opts["boot_block_length"])[-1]) + 1
+        arr.n_blocks.update({s: nb for s in members})
+        _warn_few_blocks(test, test_lengths, opts["boot_block_length"], nb)
+    for s in members:
+        c = dataset_ceiling(dataset, s, test, opts["ceiling"])
+        if c is not None:
+            arr.vars["ceiling"][setup.subjects.index(s), : c.size] = c
+            arr.have_ceiling = True
+    for li, layer in enumerate(setup.layers):
+        X = design(features, train_st, layer, delays=opts["delays"])
+        Xt = design(features, test_st, layer, delays=opts["delays"])
+        results = fit_ridge_cv_many(
+            X, Ys, lengths, alphas=opts["alphas"], n_folds=opts["n_folds"], X_test=Xt, Y_test=Yts,
+            method=opts["method"], backend=b, alpha_criterion=opts["alpha_criterion"],
+            n_targets_batch=opts["n_targets_batch"], progress=opts["progress"],
+        )
+        for s, res, yt in zip(members, results, Yts):
+            _store_subject(arr, setup, li, s, res, yt, test_lengths, opts)
+        log.info("layer %d: median score %.4f", layer, float(np.nanmedian(arr.vars["score"][li])))
+
+
+def _assemble(arr: _Arrays, setup: _Setup, features, dataset, opts: dict):
+    """The result arrays as an ``xarray.Dataset`` with coordinates and attributes."""
+    import xarray as xr
+
+    from .. import __version__
+
+    v, rois = arr.vars, setup.roi_spec is not None
+    settings = dict(fdr=opts["fdr"], ceiling=opts["ceiling"], n_boot=int(opts["n_boot"]),
+                    boot_block_length=int(opts["boot_block_length"]), seed=int(opts["random_state"]),
+                    roi_method=ROI_METHOD,
+                    pvalue_method=significance_method(opts["stats_test"], opts["n_permutations"], opts["block_size"]))
+    data = {}
+    for name, var in fit_variables(stats=opts["stats"], rois=rois, ceiling=arr.have_ceiling).items():
+        if name == "score_normalised":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                values = v["score"] / v["ceiling"][None]
+        else:
+            values = v[name]
+        data[name] = (var.dims, values, {"long_name": var.describe(**settings)})
+    layers, subjects, spaces = setup.layers, setup.subjects, setup.spaces
+    coords: dict[str, Any] = {
+        "layer": np.asarray(layers, dtype=np.int64),
+        "depth": ("layer", np.asarray([features.depth(x) for x in layers], dtype=np.float64)),
+        "subject": np.asarray(subjects, dtype=str),
+        "target": np.arange(v["score"].shape[-1], dtype=np.int64),
+    }
+    if rois:
+        coords["roi"] = np.asarray(setup.roi_names, dtype=str)
+        coords["boot"] = np.arange(int(opts["n_boot"]), dtype=np.int64)
+        coords["term"] = np.arange(v["roi_null"].shape[-1], dtype=np.int64)
+    space_names = {sp.name for sp in spaces.values()}
+    first = spaces[subjects[0]]
+    if all(sp == first for sp in spaces.values()):
+        coords["hemi"] = ("target", first.hemi())
+    attrs = {
+        "model": features.model,
+        "revision": features.revision or "",
+        "space": space_names.pop() if len(space_names) == 1 else "mixed",
+        "dataset": dataset.name,
+        "n_folds": int(opts["n_folds"]),
+        "alphas": [float(a) for a in np.asarray(opts["alphas"], dtype=np.float64).ravel()],
+        "delays": [int(d) for d in opts["delays"]],
+        "alpha_criterion": opts["alpha_criterion"],
+        "cv_score": "Pearson r on the validation folds of the training stories, at the chosen alpha, mean over folds",
+        "brainalign_version": __version__,
+    }
+    if rois:
+        attrs.update(boot_block_length=int(opts["boot_block_length"]), n_boot=int(opts["n_boot"]),
+                     boot_seed=int(opts["random_state"]), boot_blocks=min(arr.n_blocks.values()))
+    for key in ("step", "tokens"):
+        if features.training.get(key) is not None:
+            attrs[key] = features.training[key]
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+@renamed_keywords(score_func="alpha_criterion", block_length="block_size", fdr_q="fdr")
 def fit(
     features,
     dataset,
+    *,
     layers: Any = "all",
     subjects: Sequence[str] | None = None,
     alphas: Sequence[float] | np.ndarray = DEFAULT_ALPHAS,
     n_folds: int = 5,
     backend: Any = "auto",
     stats: bool = False,
-    *,
     delays: Sequence[int] = (1, 2, 3, 4),
     method: str = "auto",
-    score_func: str = "l2",
+    alpha_criterion: str = "l2",
     zscore_responses: bool = True,
     stats_test: str = "sign",
     n_permutations: int = 1000,
-    block_length: int = 20,
-    fdr_q: float = 0.05,
+    block_size: int = 20,
+    fdr: float = 0.05,
     ceiling: str = "ccmax",
     n_targets_batch: int | None = None,
     random_state: int = 0,
@@ -102,6 +305,11 @@ def fit(
     chosen per target by leave-stories-out CV on the training stories; the refit model
     is scored once on the held-out test stories.
 
+    Everything after ``features`` and ``dataset`` is keyword-only. Old keyword names are
+    still accepted with a DeprecationWarning: ``score_func`` (now ``alpha_criterion``),
+    ``block_length`` (now ``block_size``, as in the sweep config's ``stats.block_size``)
+    and ``fdr_q`` (now ``fdr``, as in ``stats.fdr``).
+
     Parameters
     ----------
     features : WordFeatures
@@ -116,21 +324,31 @@ def fit(
     n_folds : int
         Story folds for choosing alphas.
     backend : str
-        himalaya backend (``"auto"``: GPU when there, else CPU).
+        himalaya backend (``"auto"``: GPU when there, else CPU), resolved once for the
+        whole fit; himalaya's global backend is left as it was.
     stats : bool
         Also compute one-sided p-values of the held-out r (``pvalue``) and BH-FDR
         significance (``significant``) over the targets of each layer and subject.
+    delays : sequence of int
+        FIR delays in TRs.
+    method : {"auto", "primal", "kernel"}
+        Ridge solver form (:func:`~brainalign.encoding.fit_ridge_cv`).
+    alpha_criterion : {"l2", "r2"}
+        The fold score by which alphas are chosen (minus the mean squared error, or R^2);
+        not the held-out ``score``.
+    zscore_responses : bool
+        Z-score each story's responses (already so in ds003020; harmless then).
     stats_test : {"sign", "block"}
         The test: ``"sign"`` (default), spectral sign randomisation within test stories,
         analytic, holds its level on BOLD-like autocorrelation and has no p-value floor
         (:mod:`brainalign.encoding.significance`); ``"block"``, the block permutation test
-        (``n_permutations`` orders of blocks of ``block_length`` TRs; anti-conservative on
+        (``n_permutations`` orders of blocks of ``block_size`` TRs; anti-conservative on
         strongly autocorrelated data, and its smallest p, 1 / (n_permutations + 1), may
         be too large for FDR over a cortex: a warning says so).
-    delays : sequence of int
-        FIR delays in TRs.
-    zscore_responses : bool
-        Z-score each story's responses (already so in ds003020; harmless then).
+    block_size : int
+        TRs per block of the block permutation test.
+    fdr : float
+        The BH-FDR level ``q`` of ``significant``.
     ceiling : {"ccmax", "ev"}
         Noise ceiling from test-story repeats, when the dataset has them.
     rois : atlas name, Atlas, or int label array (one label per target, 0 = none), optional
@@ -148,7 +366,8 @@ def fit(
     Returns
     -------
     xarray.Dataset
-        dims ``(layer, subject, target)``; ``score`` (held-out Pearson r), ``r2``,
+        The variables of :data:`brainalign.encoding.SCORE_VARIABLES` that apply: dims
+        ``(layer, subject, target)``; ``score`` (held-out Pearson r), ``r2``,
         ``alpha``, ``cv_score`` (the training-story score: Pearson r on the validation
         folds at the chosen alpha, averaged over folds; what a layer is chosen by);
         with ``stats`` ``pvalue`` and ``significant``; with ``rois``, ``roi_score``
@@ -164,162 +383,14 @@ def fit(
         (not clipped; NaN where no ceiling is estimable). Subjects with fewer targets
         than others are NaN-padded.
     """
-    import xarray as xr
-
-    from .. import __version__
-    from ..features import design
-
-    layer_list = select_layers(features, layers)
-    subjects = list(dataset.subjects if subjects is None else subjects)
-    if not subjects:
-        raise ValidationError("subjects is empty")
-    for s in subjects:
-        if s not in dataset.subjects:
-            raise ValidationError(f"dataset {dataset.name!r} has no subject {s!r} (subjects: {dataset.subjects})")
-    groups = subject_groups(dataset, subjects)
-    needed = {st for tr, te, _ in groups for st in tr + te}
-    missing = sorted(needed - set(features.stories))
-    if missing:
-        raise ValidationError(f"features of {features.model} lack stories {missing} that the dataset needs")
-
-    spaces = {s: dataset.space(s) for s in subjects}
-    n_targets = {s: spaces[s].n_targets for s in subjects}
-    T = max(n_targets.values())
-    L, S = len(layer_list), len(subjects)
-    shape = (L, S, T)
-    score = np.full(shape, np.nan, np.float32)
-    r2 = np.full(shape, np.nan, np.float32)
-    alpha = np.full(shape, np.nan, np.float32)
-    cv_score = np.full(shape, np.nan, np.float32)
-    roi_spec = {s: roi_labels_for(rois, spaces[s]) for s in subjects} if rois is not None else None
-    roi_names: list[str] = []
-    if roi_spec is not None:
-        for _, _, names in roi_spec.values():
-            roi_names += [n for n in names if n not in roi_names]
-        if not roi_names:
-            raise ValidationError("rois: the atlas labels no target")
-        if int(n_boot) < 1:
-            raise ValidationError(f"n_boot must be a positive integer, got {n_boot!r}")
-        roi_boot = np.full((L, S, len(roi_names), int(n_boot)), np.nan, np.float32)
-        roi_score = np.full((L, S, len(roi_names)), np.nan, np.float32)
-        n_terms = max(sum(dataset.stories[st].n_trs for st in te) - len(te) for _, te, _ in groups)
-        roi_null = np.full((L, S, len(roi_names), n_terms), np.nan, np.float32)
-    n_blocks: dict[str, int] = {}
-    pvalue = np.full(shape, np.nan, np.float32) if stats else None
-    signif = np.zeros(shape, bool) if stats else None
-    ceil = np.full((S, T), np.nan, np.float32)
-    have_ceiling = False
-    s_index = {s: i for i, s in enumerate(subjects)}
-
-    for train, test, members in groups:
-        train_st = [dataset.stories[st] for st in train]
-        test_st = [dataset.stories[st] for st in test]
-        lengths = [st.n_trs for st in train_st]
-        log.info("subjects %s: %d training stories, %d test stories", members, len(train), len(test))
-        Ys = [load_responses(dataset, s, train, zscore_responses) for s in members]
-        Yts = [load_responses(dataset, s, test, zscore_responses) for s in members]
-        for s, y in zip(members, Ys):
-            spaces[s].check(y, where=f"responses of subject {s}")
-        test_lengths = [st.n_trs for st in test_st]
-        if roi_spec is not None:
-            nb = int(tr_blocks(test_lengths, boot_block_length)[-1]) + 1
-            for s in members:
-                n_blocks[s] = nb
-            key = (tuple(test), int(boot_block_length))
-            if nb < MIN_BLOCKS and key not in _WARNED_BLOCKS:
-                _WARNED_BLOCKS.add(key)
-                log.warning(
-                    "test stories %s (%d TRs) make only %d bootstrap blocks of %d TRs: ROI intervals will be wide "
-                    "(t intervals with %d degrees of freedom) and percentile intervals too narrow; more test TRs give "
-                    "tighter, better calibrated intervals", list(test), sum(test_lengths), nb, boot_block_length, nb - 1)
-        for s in members:
-            c = dataset_ceiling(dataset, s, test, ceiling)
-            if c is not None:
-                ceil[s_index[s], : c.size] = c
-                have_ceiling = True
-        for li, layer in enumerate(layer_list):
-            X = design(features, train_st, layer, delays=delays)
-            Xt = design(features, test_st, layer, delays=delays)
-            results = fit_ridge_cv(
-                X, Ys, lengths, alphas=alphas, n_folds=n_folds, X_test=Xt, Y_test=Yts, method=method,
-                backend=backend, score_func=score_func, n_targets_batch=n_targets_batch, progress=progress,
-            )
-            for s, res, yt in zip(members, results, Yts):
-                si, t = s_index[s], n_targets[s]
-                score[li, si, :t] = res.score
-                r2[li, si, :t] = res.r2
-                alpha[li, si, :t] = res.best_alphas
-                cv_score[li, si, :t] = res.cv_r
-                if roi_spec is not None:
-                    labels, codes, names = roi_spec[s]
-                    boot = roi_bootstrap(yt, res.predictions, test_lengths, labels, codes, n_boot=n_boot,
-                                         block_length=boot_block_length, seed=random_state)
-                    cols = [roi_names.index(n) for n in names]
-                    roi_boot[li, si, cols] = boot.T
-                    roi_score[li, si, cols] = roi_mean(res.score, labels, codes)
-                    if max(test_lengths) >= 8:  # shorter stories have no test of their correlation
-                        terms = roi_null_terms(yt, res.predictions, test_lengths, labels, codes).T
-                        roi_null[li, si, cols] = 0.0
-                        roi_null[li, si, cols, : terms.shape[1]] = terms
-                if stats:
-                    pv = significance(yt, res.predictions, test_lengths, test=stats_test, n_permutations=n_permutations,
-                                      block_length=block_length, random_state=random_state)
-                    pvalue[li, si, :t] = pv
-                    signif[li, si, :t] = fdr(pv, q=fdr_q)[0]
-            log.info("layer %d: median score %.4f", layer, float(np.nanmedian(score[li])))
-
-    dims = ("layer", "subject", "target")
-    data = {
-        "score": (dims, score, {"long_name": "held-out Pearson r"}),
-        "r2": (dims, r2, {"long_name": "held-out R^2"}),
-        "alpha": (dims, alpha, {"long_name": "ridge penalty chosen by story-wise CV"}),
-        "cv_score": (dims, cv_score, {"long_name": "training-story CV Pearson r at the chosen alpha (mean over folds)"}),
-    }
-    if roi_spec is not None:
-        data["roi_score"] = (("layer", "subject", "roi"), roi_score, {"long_name": "ROI-mean held-out r"})
-        data["roi_boot"] = (("layer", "subject", "roi", "boot"), roi_boot, {
-            "long_name": f"ROI-mean held-out r, block bootstrap replicates (blocks of {int(boot_block_length)} TRs "
-                         f"within test stories, {int(n_boot)} replicates, seed {int(random_state)})"})
-        data["roi_null"] = (("layer", "subject", "roi", "term"), roi_null, {
-            "long_name": "DCT terms of the ROI-mean held-out r (their sum is the ROI mean less its fixed part); "
-                         "the null flips their signs: " + ROI_METHOD})
-    if stats:
-        data["pvalue"] = (dims, pvalue, {"long_name": significance_method(stats_test, n_permutations, block_length)})
-        data["significant"] = (dims, signif, {"long_name": f"BH-FDR q < {fdr_q} over targets"})
-    if have_ceiling:
-        data["ceiling"] = (("subject", "target"), ceil, {"long_name": f"noise ceiling ({ceiling})"})
-        with np.errstate(invalid="ignore", divide="ignore"):
-            data["score_normalised"] = (dims, score / ceil[None], {"long_name": "score / ceiling (not clipped)"})
-    coords: dict[str, Any] = {
-        "layer": np.asarray(layer_list, dtype=np.int64),
-        "depth": ("layer", np.asarray([features.depth(x) for x in layer_list], dtype=np.float64)),
-        "subject": np.asarray(subjects, dtype=str),
-        "target": np.arange(T, dtype=np.int64),
-    }
-    if roi_spec is not None:
-        coords["roi"] = np.asarray(roi_names, dtype=str)
-        coords["boot"] = np.arange(int(n_boot), dtype=np.int64)
-        coords["term"] = np.arange(roi_null.shape[-1], dtype=np.int64)
-    space_names = {sp.name for sp in spaces.values()}
-    first = spaces[subjects[0]]
-    if all(sp == first for sp in spaces.values()):
-        coords["hemi"] = ("target", first.hemi())
-    attrs = {
-        "model": features.model,
-        "revision": features.revision or "",
-        "space": space_names.pop() if len(space_names) == 1 else "mixed",
-        "dataset": dataset.name,
-        "n_folds": int(n_folds),
-        "alphas": [float(a) for a in np.asarray(alphas, dtype=np.float64).ravel()],
-        "delays": [int(d) for d in delays],
-        "score_func": score_func,
-        "cv_score": "Pearson r on the validation folds of the training stories, at the chosen alpha, mean over folds",
-        "brainalign_version": __version__,
-    }
-    if roi_spec is not None:
-        attrs.update(boot_block_length=int(boot_block_length), n_boot=int(n_boot), boot_seed=int(random_state),
-                     boot_blocks=min(n_blocks.values()))
-    for key in ("step", "tokens"):
-        if features.training.get(key) is not None:
-            attrs[key] = features.training[key]
-    return xr.Dataset(data, coords=coords, attrs=attrs)
+    opts = dict(alphas=alphas, n_folds=n_folds, stats=stats, delays=delays, method=method,
+                alpha_criterion=alpha_criterion, zscore_responses=zscore_responses, stats_test=stats_test,
+                n_permutations=n_permutations, block_size=block_size, fdr=fdr, ceiling=ceiling,
+                n_targets_batch=n_targets_batch, random_state=random_state, progress=progress, n_boot=n_boot,
+                boot_block_length=boot_block_length)
+    setup = _validate(features, dataset, layers, subjects, rois, n_boot)
+    b = resolve_backend(backend)  # once per fit: every layer and group uses this one
+    arr = _empty_arrays(setup, stats, n_boot)
+    for group in setup.groups:
+        _fit_group(arr, setup, features, dataset, group, b, opts)
+    return _assemble(arr, setup, features, dataset, opts)

@@ -21,6 +21,7 @@ Nothing is clipped: small negative values are estimation noise and are reported 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,17 +29,18 @@ import numpy as np
 
 from ..errors import ValidationError
 from ..timing import Delayer, phoneme_rate, word_rate, zscore_per_story
-from ._backend import resolve_backend, using_backend
+from ._backend import resolve_backend
 from .ridge import DEFAULT_ALPHAS, fit_ridge_cv, r2_score, story_folds
 
 log = logging.getLogger(__name__)
 
-__all__ = ["variance_partition", "baseline_design", "partition_variance", "default_baselines"]
+__all__ = ["partition_variance", "partition_variance_arrays", "baseline_design", "default_baselines",
+           "variance_partition"]
 
 DEFAULT_BASELINES: tuple[str, ...] = ("word_rate", "phoneme_rate")
 
 
-def variance_partition(
+def partition_variance_arrays(
     X_lm: np.ndarray,
     X_base: np.ndarray,
     Y: np.ndarray,
@@ -57,7 +59,7 @@ def variance_partition(
 
     Returns keys ``r2_joint``, ``r2_lm``, ``r2_baseline``, ``unique_lm``,
     ``unique_baseline``, ``shared`` (each (n_targets,)), and ``deltas`` (2, n_targets):
-    the log feature-space weights the banded ridge chose.
+    the log feature-space weights the banded ridge chose. (Formerly ``variance_partition``.)
     """
     from himalaya.kernel_ridge import MultipleKernelRidgeCV
     from himalaya.ridge import BandedRidgeCV
@@ -68,17 +70,17 @@ def variance_partition(
         raise ValidationError(f"training rows differ: X_lm {X_lm.shape}, X_base {X_base.shape}, Y {Y.shape}")
     if not (X_lm_test.shape[0] == X_base_test.shape[0] == Y_test.shape[0]):
         raise ValidationError("test rows differ between X_lm_test, X_base_test and Y_test")
-    kw = dict(alphas=alphas, n_folds=n_folds, backend=backend, progress=False)
+    b = resolve_backend(backend)
+    kw = dict(alphas=alphas, n_folds=n_folds, backend=b, progress=False)
     lm = fit_ridge_cv(X_lm, Y, story_lengths, X_test=X_lm_test, Y_test=Y_test, **kw)
     base = fit_ridge_cv(X_base, Y, story_lengths, X_test=X_base_test, Y_test=Y_test, **kw)
-    b = resolve_backend(backend)
     folds = story_folds(story_lengths, n_folds)
     params = dict(n_iter=n_iter, alphas=np.asarray(alphas, dtype=np.float32), progress_bar=False)
     n, p = X_lm.shape[0], X_lm.shape[1] + X_base.shape[1]
     from threadpoolctl import threadpool_limits
 
     # small problems: BLAS threads only add synchronisation (measured 10x slower on a busy machine)
-    with using_backend(b), threadpool_limits(1 if n * p < 5_000_000 else None):
+    with b.as_global(), threadpool_limits(1 if n * p < 5_000_000 else None):
         if n >= p:  # banded ridge in primal form: one SVD per fold and feature-space weighting
             groups = np.r_[np.zeros(X_lm.shape[1], int), np.ones(X_base.shape[1], int)]
             model = BandedRidgeCV(groups=groups, solver_params=params, cv=folds, random_state=random_state)
@@ -153,7 +155,7 @@ def baseline_design(stories, baselines: Sequence[str] | None = None,
 def partition_variance(features, dataset, layer: int, subjects: Sequence[str] | None = None,
                        baselines: Sequence[str] | None = None,
                        delays: Sequence[int] = (1, 2, 3, 4), **kwargs):
-    """:func:`variance_partition` of one layer against low-level baselines, per subject.
+    """:func:`partition_variance_arrays` of one layer against low-level baselines, per subject.
 
     ``baselines=None`` (default) uses word rate + phoneme rate when every story used
     has a phone tier, else word rate alone for all of them (logged as a warning); an
@@ -161,7 +163,7 @@ def partition_variance(features, dataset, layer: int, subjects: Sequence[str] | 
     ``phoneme_rate`` then fails on a story without phoneme timings.
 
     Returns an ``xarray.Dataset`` (subject x target) with the variables of
-    :func:`variance_partition` (without ``deltas``); ``attrs["baselines"]`` lists the
+    :func:`partition_variance_arrays` (without ``deltas``); ``attrs["baselines"]`` lists the
     baselines used and ``attrs["baselines_note"]`` says so in words (and why, after a
     fallback: e.g. ``"word rate (no phone tier: ...)"``).
     """
@@ -178,6 +180,7 @@ def partition_variance(features, dataset, layer: int, subjects: Sequence[str] | 
     used = list(dict.fromkeys(st for train, test, _ in groups for st in (*train, *test)))
     # resolved once over every story used, so all groups share one baseline
     baselines, note = _resolve_baselines([dataset.stories[st] for st in used], baselines)
+    kwargs["backend"] = resolve_backend(kwargs.get("backend", "auto"))  # once for every subject
     for train, test, members in groups:
         tr = [dataset.stories[s] for s in train]
         te = [dataset.stories[s] for s in test]
@@ -186,7 +189,7 @@ def partition_variance(features, dataset, layer: int, subjects: Sequence[str] | 
         for s in members:
             Y = load_responses(dataset, s, train)
             Yt = load_responses(dataset, s, test)
-            res = variance_partition(X, B, Y, [x.n_trs for x in tr], Xt, Bt, Yt, **kwargs)
+            res = partition_variance_arrays(X, B, Y, [x.n_trs for x in tr], Xt, Bt, Yt, **kwargs)
             for k in names:
                 out[k][subjects.index(s), : Y.shape[1]] = res[k]
     return xr.Dataset(
@@ -195,3 +198,10 @@ def partition_variance(features, dataset, layer: int, subjects: Sequence[str] | 
         attrs={"model": features.model, "revision": features.revision or "", "layer": int(layer),
                "baselines": list(baselines), "baselines_note": note, "dataset": dataset.name},
     )
+
+
+def variance_partition(*args, **kwargs) -> dict[str, np.ndarray]:
+    """Deprecated name of :func:`partition_variance_arrays` (same arguments, same result)."""
+    warnings.warn("variance_partition is deprecated: use partition_variance_arrays (arrays) or partition_variance "
+                  "(features and a dataset)", DeprecationWarning, stacklevel=2)
+    return partition_variance_arrays(*args, **kwargs)

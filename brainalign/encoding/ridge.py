@@ -37,6 +37,7 @@ alphas, no intercept -- but organises the work so that less of it is done:
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,11 +47,13 @@ from tqdm.auto import tqdm
 
 from ..errors import ValidationError
 from ..timing import StoryKFold, story_bounds
-from ._backend import available_memory, eigh_many, resolve_backend, to_device
+from ._backend import Backend, resolve_backend
+from ._compat import renamed_keywords
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_ALPHAS", "RidgeCVResult", "fit_ridge_cv", "pearson_r", "r2_score", "story_folds"]
+__all__ = ["DEFAULT_ALPHAS", "RidgeCVResult", "fit_ridge_cv", "fit_ridge_cv_many", "pearson_r", "r2_score",
+           "story_folds"]
 
 #: Default alpha grid: 13 log-spaced values from 1 to 1e6.
 DEFAULT_ALPHAS = np.logspace(0, 6, 13)
@@ -167,26 +170,6 @@ def _check_2d(a: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _rows(b, idx: np.ndarray, like):
-    """Index array usable on ``like``'s device."""
-    if b.name in ("torch", "torch_cuda"):
-        import torch
-
-        return torch.as_tensor(idx, device=like.device)
-    if b.name == "cupy":
-        import cupy
-
-        return cupy.asarray(idx)
-    return idx
-
-
-def _clamp0(b, lam):
-    """Negative eigenvalues (float error) set to 0, as himalaya does when refitting."""
-    if b.name in ("torch", "torch_cuda"):
-        return lam.clamp(min=0)
-    return b.clip(lam, 0, None)
-
-
 # -- validation scores ----------------------------------------------------------------
 #: Eigenvalues closer than this (relative to their size plus the smallest alpha) are
 #: treated as one (see :func:`_plan_validation`).
@@ -237,7 +220,7 @@ def _plan_validation(b, fold: dict, lam, A64, alphas_d, alpha_min: float) -> Non
     runs = _eigen_runs(lam_np, alpha_min)
     for s, e in runs:
         lam_np[s:e] = lam_np[s:e].mean()
-    lam_c = to_device(b, lam_np, "float64")
+    lam_c = b.to_device(lam_np, "float64")
     G = A64.T @ A64
     diff = lam_c[None, :] - lam_c[:, None]
     diff.reshape(-1)[:: r + 1] = float("inf")
@@ -349,13 +332,13 @@ class _Primal:
         n, p = X.shape
         self.rank = p
         self.partition = _is_partition(folds, n)
-        Xd = to_device(b, X)
+        Xd = b.to_device(X)
         self.X = Xd
         self.folds = []
-        alphas_d = to_device(b, alphas64, "float64")
+        alphas_d = b.to_device(alphas64, "float64")
         grams = []
         for tr, va in folds:
-            va_d = _rows(b, va, Xd)
+            va_d = b.rows(va, Xd)
             Xv = Xd[va_d]
             Xv64 = b.asarray(Xv, dtype="float64")
             grams.append(Xv64.T @ Xv64)
@@ -365,7 +348,7 @@ class _Primal:
             if self.partition:
                 mats.append(G - grams[k])
             else:
-                Xt64 = b.asarray(Xd[_rows(b, tr, Xd)], dtype="float64")
+                Xt64 = b.asarray(Xd[b.rows(tr, Xd)], dtype="float64")
                 mats.append(Xt64.T @ Xt64)
         del grams
         if G is None:
@@ -373,21 +356,24 @@ class _Primal:
             G = X64.T @ X64
         mats.append(G)
         del G
-        decs = eigh_many(b, mats)
+        decs = b.eigh_many(mats)
         del mats
         for (tr, va), (lam, V) in zip(folds, decs[:-1]):
-            va_d = _rows(b, va, Xd)
+            va_d = b.rows(va, Xd)
             A64 = b.asarray(Xd[va_d], dtype="float64") @ V
-            self.folds.append(_make_fold(b, _rows(b, tr, Xd), va_d, _clamp0(b, lam), V, A64, alphas_d,
+            self.folds.append(_make_fold(b, b.rows(tr, Xd), va_d, b.clamp0(lam), V, A64, alphas_d,
                                          np.zeros(len(alphas64), bool)))
             del A64
         lam, W = decs[-1]
         del decs
-        self.D_full = _shrinkage(b, alphas_d, _clamp0(b, lam))
+        self.D_full = _shrinkage(b, alphas_d, b.clamp0(lam))
         self.W = b.asarray(W, dtype="float32")
-        self.XteW = to_device(b, X_test) @ self.W if X_test is not None else None
+        self.XteW = b.to_device(X_test) @ self.W if X_test is not None else None
 
     def cv_scores(self, Yc, score_fn, n_alphas: int):
+        """Fold scores and validation r of every alpha (folds x alphas x targets), and
+        what :meth:`refit` needs of these targets: ``X' Y`` on all training rows (made
+        from the per-fold blocks computed here, so it is not computed twice)."""
         b = self.b
         blocks = [self.X[f["va"]].T @ Yc[f["va"]] for f in self.folds] if self.partition else None
         total = sum(blocks[1:], blocks[0]) if self.partition else self.X.T @ Yc
@@ -404,12 +390,12 @@ class _Primal:
             scores[k] = score_fn(sse, Yc[f["va"]])
             rs[k] = r
             del Z, sse, r
-        self._total = total
-        return scores, rs
+        return scores, rs, total
 
-    def refit(self, Yc, best_idx, return_coef: bool):
-        Z = self.W.T @ self._total
-        self._total = None
+    def refit(self, XtY, best_idx, return_coef: bool):
+        """Held-out predictions (and weights) at each target's alpha ``best_idx``, from
+        ``X' Y`` as :meth:`cv_scores` returned it."""
+        Z = self.W.T @ XtY
         S = self.D_full[best_idx].T * Z
         pred = self.XteW @ S if self.XteW is not None else None
         coef = self.W @ S if return_coef else None
@@ -424,35 +410,37 @@ class _Kernel:
     def __init__(self, b, X: np.ndarray, folds, alphas64: np.ndarray, X_test: np.ndarray | None):
         self.b = b
         n, p = X.shape
-        Xd = to_device(b, X)
+        Xd = b.to_device(X)
         self.X = Xd
         X64 = b.asarray(Xd, dtype="float64")
         K = X64 @ X64.T
         self.rank = n
-        alphas_d = to_device(b, alphas64, "float64")
+        alphas_d = b.to_device(alphas64, "float64")
         self.folds = []
-        idx = [(_rows(b, tr, K), _rows(b, va, K)) for tr, va in folds]
-        decs = eigh_many(b, [K[tr_d][:, tr_d] for tr_d, _ in idx] + [K])
+        idx = [(b.rows(tr, K), b.rows(va, K)) for tr, va in folds]
+        decs = b.eigh_many([K[tr_d][:, tr_d] for tr_d, _ in idx] + [K])
         for (tr, va), (tr_d, va_d), (lam, V) in zip(folds, idx, decs[:-1]):
             lam_min = float(b.to_numpy(lam[0]))
             # himalaya's rule ("nan"): an alpha that does not compensate twice a negative
             # eigenvalue (float error of an indefinite kernel) cannot be chosen
             invalid = alphas64 < -2 * lam_min if lam_min < 0 else np.zeros(len(alphas64), bool)
             A64 = K[va_d][:, tr_d] @ V
-            self.folds.append(_make_fold(b, _rows(b, tr, Xd), _rows(b, va, Xd), lam, V, A64, alphas_d, invalid))
+            self.folds.append(_make_fold(b, b.rows(tr, Xd), b.rows(va, Xd), lam, V, A64, alphas_d, invalid))
             del A64
         lam, W = decs[-1]
         del decs
-        self.D_full = _shrinkage(b, alphas_d, _clamp0(b, lam))
+        self.D_full = _shrinkage(b, alphas_d, b.clamp0(lam))
         self.W = b.asarray(W, dtype="float32")
         if X_test is not None:
-            Kte = b.asarray(b.asarray(to_device(b, X_test), dtype="float64") @ X64.T, dtype="float32")
+            Kte = b.asarray(b.asarray(b.to_device(X_test), dtype="float64") @ X64.T, dtype="float32")
             self.KteW = Kte @ self.W
         else:
             self.KteW = None
         del K, X64
 
     def cv_scores(self, Yc, score_fn, n_alphas: int):
+        """Fold scores and validation r of every alpha (folds x alphas x targets), and
+        what :meth:`refit` needs of these targets (the training responses themselves)."""
         b = self.b
         scores = b.zeros_like(Yc, shape=(len(self.folds), n_alphas, Yc.shape[1]))
         rs = b.zeros_like(Yc, shape=scores.shape)
@@ -462,9 +450,10 @@ class _Kernel:
             scores[k] = score_fn(sse, Yc[f["va"]])
             rs[k] = r
             del Z, sse, r
-        return scores, rs
+        return scores, rs, Yc
 
     def refit(self, Yc, best_idx, return_coef: bool):
+        """Held-out predictions (and weights) at each target's alpha ``best_idx``."""
         S = self.D_full[best_idx].T * (self.W.T @ Yc)
         pred = self.KteW @ S if self.KteW is not None else None
         coef = self.X.T @ (self.W @ S) if return_coef else None
@@ -486,7 +475,7 @@ def _score_fn(name: str):
             return out
 
         return r2
-    raise ValidationError(f"score_func must be 'l2' (himalaya's default) or 'r2', got {name!r}")
+    raise ValidationError(f"alpha_criterion must be 'l2' (himalaya's default) or 'r2', got {name!r}")
 
 
 def _select(b, scores, alphas32: np.ndarray, invalid: np.ndarray):
@@ -513,88 +502,37 @@ def _fold_mean_at(b, rs, idx: np.ndarray) -> np.ndarray:
         return np.where(n > 0, np.where(ok, at, 0.0).sum(0) / np.maximum(n, 1), np.nan).astype(np.float32)
 
 
-def _chunk_size(per_target_bytes: int, n_targets: int, b, memory_fraction: float, n_targets_batch: int | None) -> int:
+def _chunk_size(per_target_bytes: int, n_targets: int, b: Backend, memory_fraction: float,
+                n_targets_batch: int | None) -> int:
     if n_targets_batch is not None:
         if int(n_targets_batch) < 1:
             raise ValidationError(f"n_targets_batch must be a positive integer, got {n_targets_batch!r}")
         return int(n_targets_batch)
-    budget = memory_fraction * available_memory(b)
+    budget = memory_fraction * b.available_memory()
     return int(max(1, min(n_targets, budget // max(per_target_bytes, 1))))
 
 
-def fit_ridge_cv(
-    X: np.ndarray,
-    Y: np.ndarray | Sequence[np.ndarray],
-    story_lengths: Sequence[int] | None = None,
-    *,
-    alphas: Sequence[float] | np.ndarray = DEFAULT_ALPHAS,
-    n_folds: int = 5,
-    cv: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
-    X_test: np.ndarray | None = None,
-    Y_test: np.ndarray | Sequence[np.ndarray] | None = None,
-    method: str = "auto",
-    backend: Any = "auto",
-    score_func: str = "l2",
-    return_coef: bool = False,
-    n_targets_batch: int | None = None,
-    memory_fraction: float = 0.2,
-    progress: bool = True,
-) -> RidgeCVResult | list[RidgeCVResult]:
-    """Ridge regression with a per-target alpha chosen by story-wise cross-validation.
+@dataclass
+class _Problem:
+    """Checked inputs of one ridge CV problem (what :func:`_check_problem` returns)."""
 
-    Parameters
-    ----------
-    X : array (n_samples, n_features)
-        Training design (already delayed and scaled). Not centred here: like himalaya's
-        ``fit_intercept=False``, features and responses are expected zero-mean
-        (z-scored per story).
-    Y : array (n_samples, n_targets), or list of such arrays
-        Training responses. A list holds several subjects that share ``X`` (heard the
-        same stories): the decomposition is done once for all of them, and one result
-        per array is returned.
-    story_lengths : sequence of int, optional
-        Rows of each training story, in order; folds hold out whole stories
-        (:class:`brainalign.timing.StoryKFold`). Required unless ``cv`` is given.
-    alphas : array (n_alphas,)
-        Candidate regularisation strengths.
-    n_folds : int
-        Number of story folds.
-    cv : iterable of (train_indices, validation_indices), optional
-        Explicit splits (overrides ``story_lengths``/``n_folds``).
-    X_test : array (n_test, n_features), optional
-        Test design; gives ``predictions``.
-    Y_test : array or list of arrays (n_test, n_targets), optional
-        Test responses (one per ``Y``); gives ``score`` (Pearson r) and ``r2``.
-    method : {"auto", "primal", "kernel"}
-        ``"auto"``: primal when n_samples >= n_features, else kernel.
-    backend : str or himalaya backend module
-        ``"auto"``, ``"numpy"``, ``"torch"``, ``"torch_cuda"``, ``"cupy"``.
-    score_func : {"l2", "r2"}
-        Fold score used to choose alphas. ``"l2"`` (minus the mean squared error) is
-        what himalaya's RidgeCV and KernelRidgeCV use by default.
-    return_coef : bool
-        Also return the refit weights (n_features x n_targets).
-    n_targets_batch : int, optional
-        Targets per chunk; default: sized so one chunk uses ``memory_fraction`` of the
-        free memory of the backend's device.
-    progress : bool
-        Show a tqdm bar over chunks.
+    X: np.ndarray
+    Ys: list[np.ndarray]
+    Yts: list[np.ndarray | None]
+    X_test: np.ndarray | None
+    alphas32: np.ndarray
+    alphas64: np.ndarray
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    method: str
 
-    Returns
-    -------
-    RidgeCVResult, or a list of them when ``Y`` is a list. Besides the chosen alphas and
-    their mean fold score (``cv_scores``, in ``score_func``'s units), each holds
-    ``cv_r``: the validation Pearson r at the chosen alpha, averaged over folds.
-    """
-    X = _check_2d(X, "X")
-    n, p = X.shape
-    as_list = isinstance(Y, (list, tuple))
-    Ys = [_check_2d(y, f"Y[{i}]" if as_list else "Y") for i, y in enumerate(Y if as_list else [Y])]
+
+def _check_responses(Ys: list, Y_test: Sequence | None, X_test, n: int, p: int, named: bool):
+    Ys = [_check_2d(y, f"Y[{i}]" if named else "Y") for i, y in enumerate(Ys)]
     for i, y in enumerate(Ys):
         if y.shape[0] != n:
-            raise ValidationError(f"Y{f'[{i}]' if as_list else ''} has {y.shape[0]} rows but X has {n}")
+            raise ValidationError(f"Y{f'[{i}]' if named else ''} has {y.shape[0]} rows but X has {n}")
     if Y_test is not None:
-        Yts = [_check_2d(y, "Y_test") for y in (Y_test if isinstance(Y_test, (list, tuple)) else [Y_test])]
+        Yts = [_check_2d(y, "Y_test") for y in Y_test]
         if len(Yts) != len(Ys):
             raise ValidationError(f"Y_test has {len(Yts)} arrays but Y has {len(Ys)}")
         if X_test is None:
@@ -610,6 +548,15 @@ def fit_ridge_cv(
                 raise ValidationError(
                     f"Y_test[{i}] has shape {yt.shape}, expected ({X_test.shape[0]}, {y.shape[1]})"
                 )
+    return Ys, Yts, X_test
+
+
+def _check_problem(X, Ys: list, story_lengths, alphas, n_folds: int, cv, X_test, Y_test, method: str,
+                   named: bool) -> _Problem:
+    """Validate the inputs at the boundary (shapes, finiteness, alphas, folds, method)."""
+    X = _check_2d(X, "X")
+    n, p = X.shape
+    Ys, Yts, X_test = _check_responses(Ys, Y_test, X_test, n, p, named)
     alphas64 = np.asarray(alphas, dtype=np.float64).ravel()
     if alphas64.size == 0 or not np.all(np.isfinite(alphas64)) or np.any(alphas64 <= 0):
         raise ValidationError(f"alphas must be a non-empty list of positive numbers, got {alphas!r}")
@@ -628,22 +575,23 @@ def fit_ridge_cv(
         method = "primal" if n >= p else "kernel"
     if method not in ("primal", "kernel"):
         raise ValidationError(f"method must be 'auto', 'primal' or 'kernel', got {method!r}")
-    b = resolve_backend(backend)
-    score_fn = _score_fn(score_func)
-    log.info(
-        "ridge CV (%s, backend %s): %d samples x %d features, %d target arrays, %d alphas, %d folds",
-        method, b.name, n, p, len(Ys), len(alphas64), len(folds),
-    )
-    dec = (_Primal if method == "primal" else _Kernel)(b, X, folds, alphas64, X_test)
+    return _Problem(X, Ys, Yts, X_test, alphas32, alphas64, folds, method)
+
+
+def _solve(b: Backend, pb: _Problem, score_fn, return_coef: bool, n_targets_batch, memory_fraction: float,
+           progress: bool) -> tuple[list[dict], int]:
+    """Alphas, CV scores, predictions (and weights) of every target, in chunks of targets."""
+    (n, p), folds, alphas32 = pb.X.shape, pb.folds, pb.alphas32
+    dec = (_Primal if pb.method == "primal" else _Kernel)(b, pb.X, folds, pb.alphas64, pb.X_test)
     invalid = [f["invalid"] for f in dec.folds]
     n_val = max(len(va) for _, va in folds)
-    n_test = 0 if X_test is None else X_test.shape[0]
-    per_target = 4 * (2 * n + (len(folds) + 12) * dec.rank + 2 * n_val + n_test + 2 * len(folds) * len(alphas64)
+    n_test = 0 if pb.X_test is None else pb.X_test.shape[0]
+    per_target = 4 * (2 * n + (len(folds) + 12) * dec.rank + 2 * n_val + n_test + 2 * len(folds) * len(alphas32)
                       + (p if return_coef else 0))
-    chunk = _chunk_size(per_target, max(y.shape[1] for y in Ys), b, memory_fraction, n_targets_batch)
-    tasks = [(i, s) for i, y in enumerate(Ys) for s in range(0, y.shape[1], chunk)]
+    chunk = _chunk_size(per_target, max(y.shape[1] for y in pb.Ys), b, memory_fraction, n_targets_batch)
+    tasks = [(i, s) for i, y in enumerate(pb.Ys) for s in range(0, y.shape[1], chunk)]
     out = []
-    for y in Ys:
+    for y in pb.Ys:
         t = y.shape[1]
         out.append(
             dict(idx=np.zeros(t, np.int64), cv=np.zeros(t, np.float32), cv_r=np.zeros(t, np.float32),
@@ -651,14 +599,15 @@ def fit_ridge_cv(
                  coef=np.zeros((p, t), np.float32) if return_coef else None)
         )
     for i, start in tqdm(tasks, desc="ridge targets", unit="chunk", disable=not progress or len(tasks) < 2):
-        sl = slice(start, min(start + chunk, Ys[i].shape[1]))
-        Yc = to_device(b, Ys[i][:, sl])
-        scores, rs = dec.cv_scores(Yc, score_fn, len(alphas64))
+        sl = slice(start, min(start + chunk, pb.Ys[i].shape[1]))
+        Yc = b.to_device(pb.Ys[i][:, sl])
+        scores, rs, fit_targets = dec.cv_scores(Yc, score_fn, len(alphas32))
         idx, best = _select(b, scores, alphas32, invalid)
         del scores
         out[i]["cv_r"][sl] = _fold_mean_at(b, rs, idx)
         del rs
-        pred, coef = dec.refit(Yc, _rows(b, idx, Yc), return_coef)
+        pred, coef = dec.refit(fit_targets, b.rows(idx, Yc), return_coef)
+        del fit_targets
         o = out[i]
         o["idx"][sl] = idx
         o["cv"][sl] = best - np.log(alphas32[idx]) * np.float32(1e-10)
@@ -667,15 +616,136 @@ def fit_ridge_cv(
         if coef is not None:
             o["coef"][:, sl] = b.to_numpy(coef)
         del Yc, pred, coef
+    return out, chunk
+
+
+def fit_ridge_cv_many(
+    X: np.ndarray,
+    Ys: Sequence[np.ndarray],
+    story_lengths: Sequence[int] | None = None,
+    *,
+    alphas: Sequence[float] | np.ndarray = DEFAULT_ALPHAS,
+    n_folds: int = 5,
+    cv: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
+    X_test: np.ndarray | None = None,
+    Y_test: Sequence[np.ndarray] | None = None,
+    method: str = "auto",
+    backend: Any = "auto",
+    alpha_criterion: str = "l2",
+    return_coef: bool = False,
+    n_targets_batch: int | None = None,
+    memory_fraction: float = 0.2,
+    progress: bool = True,
+) -> list[RidgeCVResult]:
+    """:func:`fit_ridge_cv` for several response arrays that share one design ``X``
+    (subjects who heard the same stories): the decompositions are made once for all of
+    them. ``Ys`` and ``Y_test`` are lists (one array per subject); returns one
+    :class:`RidgeCVResult` per array, in order. Other parameters as in
+    :func:`fit_ridge_cv`."""
+    return _fit(X, list(Ys), story_lengths, alphas=alphas, n_folds=n_folds, cv=cv, X_test=X_test,
+                Y_test=None if Y_test is None else list(Y_test), method=method, backend=backend,
+                alpha_criterion=alpha_criterion, return_coef=return_coef, n_targets_batch=n_targets_batch,
+                memory_fraction=memory_fraction, progress=progress, named=True)
+
+
+@renamed_keywords(score_func="alpha_criterion")
+def fit_ridge_cv(
+    X: np.ndarray,
+    Y: np.ndarray,
+    story_lengths: Sequence[int] | None = None,
+    *,
+    alphas: Sequence[float] | np.ndarray = DEFAULT_ALPHAS,
+    n_folds: int = 5,
+    cv: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
+    X_test: np.ndarray | None = None,
+    Y_test: np.ndarray | None = None,
+    method: str = "auto",
+    backend: Any = "auto",
+    alpha_criterion: str = "l2",
+    return_coef: bool = False,
+    n_targets_batch: int | None = None,
+    memory_fraction: float = 0.2,
+    progress: bool = True,
+) -> RidgeCVResult:
+    """Ridge regression with a per-target alpha chosen by story-wise cross-validation.
+
+    Parameters
+    ----------
+    X : array (n_samples, n_features)
+        Training design (already delayed and scaled). Not centred here: like himalaya's
+        ``fit_intercept=False``, features and responses are expected zero-mean
+        (z-scored per story).
+    Y : array (n_samples, n_targets)
+        Training responses. Several subjects that share ``X`` (heard the same stories)
+        go to :func:`fit_ridge_cv_many`, which makes the decompositions once for all.
+        (A list here is still accepted, with a DeprecationWarning, and gives a list.)
+    story_lengths : sequence of int, optional
+        Rows of each training story, in order; folds hold out whole stories
+        (:class:`brainalign.timing.StoryKFold`). Required unless ``cv`` is given.
+    alphas : array (n_alphas,)
+        Candidate regularisation strengths.
+    n_folds : int
+        Number of story folds.
+    cv : iterable of (train_indices, validation_indices), optional
+        Explicit splits (overrides ``story_lengths``/``n_folds``).
+    X_test : array (n_test, n_features), optional
+        Test design; gives ``predictions``.
+    Y_test : array (n_test, n_targets), optional
+        Test responses; gives ``score`` (Pearson r) and ``r2``.
+    method : {"auto", "primal", "kernel"}
+        ``"auto"``: primal when n_samples >= n_features, else kernel.
+    backend : str, himalaya backend module or :class:`~brainalign.encoding._backend.Backend`
+        ``"auto"``, ``"numpy"``, ``"torch"``, ``"torch_cuda"``, ``"cupy"``.
+    alpha_criterion : {"l2", "r2"}
+        Fold score by which alphas are chosen (formerly ``score_func``). ``"l2"`` (minus
+        the mean squared error) is what himalaya's RidgeCV and KernelRidgeCV use by default.
+    return_coef : bool
+        Also return the refit weights (n_features x n_targets).
+    n_targets_batch : int, optional
+        Targets per chunk; default: sized so one chunk uses ``memory_fraction`` of the
+        free memory of the backend's device.
+    progress : bool
+        Show a tqdm bar over chunks.
+
+    Returns
+    -------
+    RidgeCVResult
+        Besides the chosen alphas and their mean fold score (``cv_scores``, in
+        ``alpha_criterion``'s units), it holds ``cv_r``: the validation Pearson r at the
+        chosen alpha, averaged over folds.
+    """
+    kw = dict(alphas=alphas, n_folds=n_folds, cv=cv, X_test=X_test, method=method, backend=backend,
+              alpha_criterion=alpha_criterion, return_coef=return_coef, n_targets_batch=n_targets_batch,
+              memory_fraction=memory_fraction, progress=progress)
+    if isinstance(Y, (list, tuple)):
+        warnings.warn("fit_ridge_cv(X, [Y1, Y2, ...]) is deprecated: call fit_ridge_cv_many for several "
+                      "response arrays sharing one design (fit_ridge_cv now always returns one result)",
+                      DeprecationWarning, stacklevel=3)
+        Yt = None if Y_test is None else list(Y_test if isinstance(Y_test, (list, tuple)) else [Y_test])
+        return _fit(X, list(Y), story_lengths, Y_test=Yt, named=True, **kw)
+    return _fit(X, [Y], story_lengths, Y_test=None if Y_test is None else [Y_test], named=False, **kw)[0]
+
+
+def _fit(X, Ys: list, story_lengths, *, alphas, n_folds, cv, X_test, Y_test, method, backend, alpha_criterion,
+         return_coef, n_targets_batch, memory_fraction, progress, named: bool) -> list[RidgeCVResult]:
+    """Validate, solve every target, and assemble one result per response array."""
+    pb = _check_problem(X, Ys, story_lengths, alphas, n_folds, cv, X_test, Y_test, method, named)
+    b = resolve_backend(backend)
+    score_fn = _score_fn(alpha_criterion)
+    log.info(
+        "ridge CV (%s, backend %s): %d samples x %d features, %d target arrays, %d alphas, %d folds",
+        pb.method, b.name, pb.X.shape[0], pb.X.shape[1], len(pb.Ys), len(pb.alphas64), len(pb.folds),
+    )
+    out, chunk = _solve(b, pb, score_fn, return_coef, n_targets_batch, memory_fraction, progress)
     results = []
-    for o, yt in zip(out, Yts):
+    for o, yt in zip(out, pb.Yts):
         res = RidgeCVResult(
-            alphas=alphas32, best_alpha_index=o["idx"], best_alphas=alphas32[o["idx"]], cv_scores=o["cv"],
-            method=method, predictions=o["pred"], coef=o["coef"], cv_r=o["cv_r"],
-            info=dict(backend=b.name, n_folds=len(folds), chunk=chunk, score_func=score_func),
+            alphas=pb.alphas32, best_alpha_index=o["idx"], best_alphas=pb.alphas32[o["idx"]], cv_scores=o["cv"],
+            method=pb.method, predictions=o["pred"], coef=o["coef"], cv_r=o["cv_r"],
+            info=dict(backend=b.name, n_folds=len(pb.folds), chunk=chunk, alpha_criterion=alpha_criterion),
         )
         if yt is not None:
             res.score = pearson_r(yt, o["pred"]).astype(np.float32)
             res.r2 = r2_score(yt, o["pred"]).astype(np.float32)
         results.append(res)
-    return results if as_list else results[0]
+    return results

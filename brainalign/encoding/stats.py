@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ValidationError
+from ._compat import renamed_keywords
 
 log = logging.getLogger(__name__)
 
@@ -113,26 +114,29 @@ def _zscore_cols(a: np.ndarray) -> np.ndarray:
         return np.where(sd > 0, a / sd, 0.0)
 
 
+@renamed_keywords(block_length="block_size")
 def permutation_test(
     y_true: np.ndarray,
     y_pred: np.ndarray,
     n_permutations: int = 1000,
-    block_length: int = 10,
+    block_size: int = 10,
     random_state: Any = 0,
     return_null: bool = False,
 ):
     """One-sided block permutation test of held-out Pearson r, per target.
 
-    The held-out responses are cut into consecutive blocks of ``block_length`` TRs
+    The held-out responses are cut into consecutive blocks of ``block_size`` TRs
     (about the width of the haemodynamic response and of the features' autocorrelation)
     and the blocks are shuffled against the fixed predictions; the same block orders are
     used for every target. ``p = (1 + #{null r >= observed r}) / (1 + n_permutations)``.
 
-    The statistic is Pearson r on the first ``n_blocks * block_length`` rows (a last
-    partial block, fewer than ``block_length`` rows, is left out of both the observed
+    The statistic is Pearson r on the first ``n_blocks * block_size`` rows (a last
+    partial block, fewer than ``block_size`` rows, is left out of both the observed
     and the null statistics). Implementation: with block cross-products
     ``C[b, b', t] = sum_j zp[b, j, t] zy[b', j, t]``, a permuted r is
     ``sum_b C[b, pi(b), t] / n`` -- one small gather-and-sum per permutation.
+    (``block_size`` was called ``block_length``; the old keyword still works, with a
+    DeprecationWarning.)
 
     Returns
     -------
@@ -145,8 +149,9 @@ def permutation_test(
         y, p = y[:, None], p[:, None]
     if y.shape != p.shape or y.ndim != 2:
         raise ValidationError(f"y_true {y.shape} and y_pred {p.shape} must be the same 2-D shape")
-    if int(block_length) < 1:
-        raise ValidationError(f"block_length must be >= 1, got {block_length}")
+    block_length = int(block_size)
+    if block_length < 1:
+        raise ValidationError(f"block_size must be >= 1, got {block_size}")
     if int(n_permutations) < 1:
         raise ValidationError(f"n_permutations must be >= 1, got {n_permutations}")
     nb = y.shape[0] // block_length
@@ -178,13 +183,14 @@ def permutation_test(
     return (pval, null_all) if return_null else pval
 
 
+@renamed_keywords(block_length="block_size")
 def significance(
     y_true: np.ndarray,
     y_pred: np.ndarray,
     lengths: "list[int] | None" = None,
     test: str = "sign",
     n_permutations: int = 1000,
-    block_length: int = 20,
+    block_size: int = 20,
     random_state: Any = 0,
 ) -> np.ndarray:
     """One-sided p-values of the held-out Pearson r of each target.
@@ -197,18 +203,19 @@ def significance(
 
         return sign_randomisation_test(y_true, y_pred, lengths)
     if test == "block":
-        return permutation_test(y_true, y_pred, n_permutations=n_permutations, block_length=block_length,
+        return permutation_test(y_true, y_pred, n_permutations=n_permutations, block_size=block_size,
                                 random_state=random_state)
     raise ValidationError(f"test must be one of {', '.join(TESTS)}, got {test!r}")
 
 
-def significance_method(test: str, n_permutations: int = 1000, block_length: int = 20) -> str:
+@renamed_keywords(block_length="block_size")
+def significance_method(test: str, n_permutations: int = 1000, block_size: int = 20) -> str:
     """What :func:`significance` did, in words (for results' attributes)."""
     if test == "sign":
         from .significance import METHOD
 
         return METHOD
-    return (f"block permutation, {n_permutations} orders of blocks of {block_length} TRs; smallest reachable "
+    return (f"block permutation, {n_permutations} orders of blocks of {block_size} TRs; smallest reachable "
             f"p = {1 / (n_permutations + 1):.2g}")
 
 

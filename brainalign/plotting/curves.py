@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import ValidationError
+from ._inputs import as_dataarray
 from .flat import save_figure
 from .style import palette, paper_style
 
@@ -151,61 +152,7 @@ def plot_curves(
     -------
     matplotlib.figure.Figure
     """
-    import xarray as xr
-
-    # (name, x, y, band low, band high)
-    series: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
-    if isinstance(roi_curves, Mapping) and not isinstance(roi_curves, (xr.Dataset, xr.DataArray)):
-        for name, val in roi_curves.items():
-            t = tuple(val)
-            xs, ys = np.asarray(t[0], float), np.asarray(t[1], float)
-            sem = np.asarray(t[2], float) if len(t) > 2 else None
-            series.append((str(name), xs, ys, None if sem is None else ys - sem, None if sem is None else ys + sem))
-    else:
-        ds = roi_curves if isinstance(roi_curves, xr.Dataset) else None
-        if ds is not None:
-            var = var or ds.attrs.get("var") or "score"
-            if var not in ds:
-                raise ValidationError(f"roi_curves has no variable {var!r}; it has {', '.join(ds.data_vars)}")
-            da = ds[var]
-        elif isinstance(roi_curves, xr.DataArray):
-            da = roi_curves
-        else:
-            raise ValidationError("roi_curves: give an aggregate() Dataset, a DataArray, or a dict name -> (x, y)")
-        if "checkpoint" not in da.dims:
-            raise ValidationError(f"roi_curves need a 'checkpoint' dimension; they have {da.dims}")
-        da = _select_layer(da, layer, ds)
-        # block-bootstrap intervals (roi_curves() of a store with replicates) replace the SEM band
-        lo_da = hi_da = None
-        if ds is not None and f"{var}_lo" in ds and f"{var}_hi" in ds and "layer" not in ds[f"{var}_lo"].dims:
-            lo_da, hi_da = ds[f"{var}_lo"], ds[f"{var}_hi"]
-        if "roi" not in da.dims:
-            da = da.expand_dims(roi=[da.name or "curve"])
-        names = list(rois) if rois is not None else [str(r) for r in da["roi"].values[:8]]
-        xs = _x_of(da, x)
-        order = np.argsort(xs)
-        for name in names:
-            if name not in da["roi"].values:
-                raise ValidationError(f"no ROI {name!r}; have {', '.join(map(str, da['roi'].values))}")
-            d = da.sel(roi=name)
-            extra = [dd for dd in d.dims if dd not in ("checkpoint", "subject")]
-            if extra:
-                raise ValidationError(f"roi_curves: select {extra} first (one curve per ROI)")
-            if "subject" in d.dims:
-                sub = d.transpose("checkpoint", "subject").values[order]
-                n = np.isfinite(sub).sum(1)
-                with np.errstate(invalid="ignore"), warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    mean = np.nanmean(sub, 1)
-                    sem = np.where(n > 1, np.nanstd(sub, 1, ddof=1) / np.sqrt(np.maximum(n, 1)), np.nan)
-                lo, hi = mean - sem, mean + sem
-            else:
-                mean = np.asarray(d.values, float)[order]
-                lo = hi = None
-            if lo_da is not None and ("roi" not in lo_da.dims or name in lo_da["roi"].values):
-                lo = np.asarray((lo_da.sel(roi=name) if "roi" in lo_da.dims else lo_da).values, float)[order]
-                hi = np.asarray((hi_da.sel(roi=name) if "roi" in hi_da.dims else hi_da).values, float)[order]
-            series.append((name, xs[order], mean, lo, hi))
+    series, var = _curve_series(roi_curves, x, var, layer, rois)
     if not series:
         raise ValidationError("roi_curves: nothing to plot")
     with paper_style():
@@ -228,6 +175,68 @@ def plot_curves(
     if out is not None:
         save_figure(fig, out)
     return fig
+
+
+#: one plotted curve: (name, x, y, band low, band high)
+_Series = tuple[str, np.ndarray, np.ndarray, "np.ndarray | None", "np.ndarray | None"]
+
+
+def _curve_series(roi_curves: Any, x: str, var: str | None, layer: Any,
+                  rois: Sequence[str] | None) -> tuple[list[_Series], str | None]:
+    """The curves :func:`plot_curves` draws (subject mean and its band per ROI), and the
+    variable they show."""
+    import xarray as xr
+
+    if isinstance(roi_curves, Mapping) and not isinstance(roi_curves, (xr.Dataset, xr.DataArray)):
+        series = []
+        for name, val in roi_curves.items():
+            t = tuple(val)
+            xs, ys = np.asarray(t[0], float), np.asarray(t[1], float)
+            sem = np.asarray(t[2], float) if len(t) > 2 else None
+            series.append((str(name), xs, ys, None if sem is None else ys - sem, None if sem is None else ys + sem))
+        return series, var
+    ds = roi_curves if isinstance(roi_curves, xr.Dataset) else None
+    da, var = as_dataarray(roi_curves, var, what="roi_curves (an aggregate() Dataset, a DataArray, or a dict "
+                                                "name -> (x, y))")
+    if "checkpoint" not in da.dims:
+        raise ValidationError(f"roi_curves need a 'checkpoint' dimension; they have {da.dims}")
+    da = _select_layer(da, layer, ds)
+    # block-bootstrap intervals (roi_curves() of a store with replicates) replace the SEM band
+    lo_da = hi_da = None
+    if ds is not None and f"{var}_lo" in ds and f"{var}_hi" in ds and "layer" not in ds[f"{var}_lo"].dims:
+        lo_da, hi_da = ds[f"{var}_lo"], ds[f"{var}_hi"]
+    if "roi" not in da.dims:
+        da = da.expand_dims(roi=[da.name or "curve"])
+    names = list(rois) if rois is not None else [str(r) for r in da["roi"].values[:8]]
+    xs = _x_of(da, x)
+    order = np.argsort(xs)
+    series = []
+    for name in names:
+        if name not in da["roi"].values:
+            raise ValidationError(f"no ROI {name!r}; have {', '.join(map(str, da['roi'].values))}")
+        mean, lo, hi = _mean_and_band(da.sel(roi=name), order)
+        if lo_da is not None and ("roi" not in lo_da.dims or name in lo_da["roi"].values):
+            lo = np.asarray((lo_da.sel(roi=name) if "roi" in lo_da.dims else lo_da).values, float)[order]
+            hi = np.asarray((hi_da.sel(roi=name) if "roi" in hi_da.dims else hi_da).values, float)[order]
+        series.append((name, xs[order], mean, lo, hi))
+    return series, var
+
+
+def _mean_and_band(d, order: np.ndarray):
+    """One ROI's curve in checkpoint ``order``: the subject mean ± SEM over subjects (no
+    band without a subject dimension)."""
+    extra = [dd for dd in d.dims if dd not in ("checkpoint", "subject")]
+    if extra:
+        raise ValidationError(f"roi_curves: select {extra} first (one curve per ROI)")
+    if "subject" not in d.dims:
+        return np.asarray(d.values, float)[order], None, None
+    sub = d.transpose("checkpoint", "subject").values[order]
+    n = np.isfinite(sub).sum(1)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(sub, 1)
+        sem = np.where(n > 1, np.nanstd(sub, 1, ddof=1) / np.sqrt(np.maximum(n, 1)), np.nan)
+    return mean, mean - sem, mean + sem
 
 
 def _ylabel(var: str | None) -> str:
@@ -273,16 +282,8 @@ def plot_layer_heatmap(
     """
     import xarray as xr
 
-    if isinstance(data, xr.Dataset):
-        var = var or data.attrs.get("var") or "score"
-        name = f"{var}_mean" if f"{var}_mean" in data else var
-        if name not in data:
-            raise ValidationError(f"data has no variable {name!r}")
-        da = data[name]
-    elif isinstance(data, xr.DataArray):
-        da = data
-    else:
-        raise ValidationError("data: give an xarray DataArray (layer, checkpoint) or an aggregate() Dataset")
+    da, var = as_dataarray(data, var, what="data (a DataArray (layer, checkpoint) or an aggregate() Dataset)",
+                           prefer_mean=True)
     if best is None and isinstance(data, xr.Dataset) and "best_layer" in data:
         best = data["best_layer"]
     if "roi" in da.dims:
@@ -312,15 +313,7 @@ def plot_layer_heatmap(
         ax.set_xlabel(_XLABELS.get(x, x))
         ax.set_ylabel("layer")
         if mark_best:
-            if best is None:
-                from ..rois import choose_layer
-
-                chosen = np.asarray(choose_layer(da)["best_layer"].transpose("checkpoint").values, float)[order]
-            elif isinstance(best, xr.DataArray) and "checkpoint" in best.dims:
-                chosen = np.asarray(best.sel(checkpoint=da["checkpoint"].values).values, float)[order] \
-                    if "checkpoint" in da.coords else np.asarray(best.values, float)[order]
-            else:
-                chosen = np.asarray(best, float).ravel()[order]
+            chosen = _chosen_layers(da, best, order)
             pos = {float(v): i for i, v in enumerate(layers)}
             rows = np.array([pos.get(float(v), np.nan) if np.isfinite(v) else np.nan for v in chosen])
             ok = np.isfinite(rows)
@@ -333,6 +326,22 @@ def plot_layer_heatmap(
     if out is not None:
         save_figure(fig, out)
     return fig
+
+
+def _chosen_layers(da, best: Any, order: np.ndarray) -> np.ndarray:
+    """The layer chosen at each checkpoint, in ``order``: ``best`` when given, else
+    :func:`brainalign.rois.choose_layer`'s choice from the shown values."""
+    import xarray as xr
+
+    if best is None:
+        from ..rois import choose_layer
+
+        return np.asarray(choose_layer(da)["best_layer"].transpose("checkpoint").values, float)[order]
+    if isinstance(best, xr.DataArray) and "checkpoint" in best.dims:
+        if "checkpoint" in da.coords:
+            return np.asarray(best.sel(checkpoint=da["checkpoint"].values).values, float)[order]
+        return np.asarray(best.values, float)[order]
+    return np.asarray(best, float).ravel()[order]
 
 
 def _fmt_tokens(v: float) -> str:

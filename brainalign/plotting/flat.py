@@ -24,9 +24,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from .._io import atomic_path
-from ..errors import DataNotFoundError, ValidationError
+from ..errors import DataNotFoundError, ExternalToolError, MissingDependencyError, ValidationError
 from ..stimulus import FSAVERAGE_SIZES, Space
 from ..surfaces.meshes import load_mesh, medial_wall, resample, space_of_size, sulcal_depth, surface_space_name
+from ._inputs import as_dataarray, colour_faces
 from .style import PAPER_RC, paper_style
 
 __all__ = ["flatmap", "surface_views", "flatmap_movie", "flat_coordinates", "FlatmapFigure", "save_figure",
@@ -108,12 +109,10 @@ def _as_vector(values: Any, what: str = "values") -> tuple[np.ndarray, str | Non
     except ImportError:  # pragma: no cover
         xr = None
     if xr is not None and isinstance(values, xr.Dataset):
-        if "score" not in values:
-            raise ValidationError(f"{what}: an xarray Dataset needs a 'score' variable (or pass a DataArray)")
-        space = values.attrs.get("space")
-        values = values["score"]
+        values, _ = as_dataarray(values, "score", what=f"{what} (a Dataset is read through its 'score')",
+                                 carry_space=True)
     if xr is not None and isinstance(values, xr.DataArray):
-        space = values.attrs.get("space", space)
+        space = values.attrs.get("space")
         name = values.attrs.get("long_name") or values.name
         extra = {d: n for d, n in values.sizes.items() if d != "target" and n > 1}
         if extra:
@@ -191,18 +190,6 @@ def _visible(v: np.ndarray, threshold: float | None, mask: np.ndarray | None) ->
         vis &= mask
     vis &= ~medial_wall("fsaverage5")
     return vis
-
-
-def _face_colours(layout: _Layout, v: np.ndarray, vis: np.ndarray, cmap, norm) -> np.ndarray:
-    fv = v[layout.faces]
-    fvis = vis[layout.faces]
-    count = fvis.sum(axis=1)
-    show = count >= 2
-    fval = np.where(fvis, fv, 0.0).sum(axis=1) / np.maximum(count, 1)
-    out = np.array(layout.bg, copy=True)
-    if show.any():
-        out[show] = cmap(norm(fval[show]))
-    return out
 
 
 def _mask_fs5(mask: Any, what: str = "mask") -> np.ndarray | None:
@@ -340,7 +327,8 @@ class FlatmapFigure:
                caption: str | None = None) -> None:
         """Recolour with fsaverage5 ``values`` (and an fsaverage5 boolean ``mask``)."""
         vis = _visible(values, threshold, mask)
-        self.collection.set_facecolor(_face_colours(self.layout, values, vis, self.cmap, self.norm))
+        self.collection.set_facecolor(colour_faces(self.layout.faces, values, vis, self.layout.bg, self.cmap,
+                                                   self.norm))
         if caption is not None:
             self.caption.set_text(caption)
 
@@ -383,7 +371,7 @@ class FlatmapFigure:
         """
         ids = self._face_ids(dpi)
         vis = _visible(values, threshold, mask)
-        colours = _face_colours(self.layout, values, vis, self.cmap, self.norm)
+        colours = colour_faces(self.layout.faces, values, vis, self.layout.bg, self.cmap, self.norm)
         lut = np.vstack([np.round(colours[:, :3] * 255), [[255, 255, 255]]]).astype(np.uint8)
         base = lut[ids]  # -1 -> the white row
         if caption is not None:
@@ -490,7 +478,7 @@ def _pycortex_flatmap(values, space, pycortex, *, cmap, vmin, vmax, title, out):
     try:
         import cortex
     except ImportError as exc:
-        raise DataNotFoundError(
+        raise MissingDependencyError(
             "volume data (e.g. LeBel 2023 voxels) are flattened with pycortex: pip install pycortex "
             "(or 'brainalign[pycortex]'), point pycortex's filestore at the subject's database "
             "(LeBel 2023: derivative/pycortex-db from ds003020), then call "
@@ -601,13 +589,7 @@ def subject_flatmap(
     lo, hi, cmap = _limits(np.where(vis, v, np.nan) if vis.any() else v, vmin, vmax, cmap)
     cmap = mpl.colormaps[cmap] if isinstance(cmap, str) else cmap
     norm = mpl.colors.Normalize(vmin=lo, vmax=hi)
-    fvis = vis[faces]
-    count = fvis.sum(axis=1)
-    show = count >= 2
-    fval = np.where(fvis, v[faces], 0.0).sum(axis=1) / np.maximum(count, 1)
-    colours = bg_v[faces].mean(axis=1)
-    if show.any():
-        colours[show] = cmap(norm(fval[show]))
+    colours = colour_faces(faces, v, vis, bg_v[faces].mean(axis=1), cmap, norm)
     used = xy[np.unique(faces)]
     pad = 0.02 * np.ptp(used[:, 0])
     xlim = (used[:, 0].min() - pad, used[:, 0].max() + pad)
@@ -686,7 +668,6 @@ def surface_views(
     """
     import matplotlib as mpl
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure
 
     for vw in views:
@@ -709,36 +690,9 @@ def surface_views(
             for c, hemi in enumerate(("left", "right")):
                 ax = fig.add_axes((c * 0.5, 0.14 + (rows - 1 - r) * (0.8 / rows), 0.5, 0.8 / rows))
                 ax.set_label(f"{hemi}_{vw}")
-                coords = np.asarray(meshes[hemi].coords)
-                faces = np.asarray(meshes[hemi].faces)
-                off = 0 if hemi == "left" else _N5
-                d, sx, sy = (np.asarray(a, dtype=float) for a in _VIEWS[(hemi, vw)])
-                xy = np.c_[coords @ sx, coords @ sy]
-                tri = coords[faces]
-                normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-                normal /= np.linalg.norm(normal, axis=1, keepdims=True) + 1e-12
-                shade = 0.55 + 0.45 * np.abs(normal @ d)
-                depth = tri.mean(axis=1) @ d
-                order = np.argsort(depth)
-                fv = v[off + faces]
-                fvis = vis[off + faces]
-                count = fvis.sum(1)
-                colours = bg_v[off + faces].mean(axis=1)
-                show = count >= 2
-                fval = np.where(fvis, fv, 0).sum(1) / np.maximum(count, 1)
-                colours[show] = cmap(norm(fval[show]))
-                colours[:, :3] *= shade[:, None]
-                pc = PolyCollection(xy[faces[order]], facecolors=colours[order], edgecolors="none",
-                                    linewidths=0, antialiaseds=False)
-                pc.set_rasterized(True)
-                ax.add_collection(pc)
-                ax.set_xlim(xy[:, 0].min() - 2, xy[:, 0].max() + 2)
-                ax.set_ylim(xy[:, 1].min() - 2, xy[:, 1].max() + 2)
-                ax.set_aspect("equal")
-                ax.set_axis_off()
+                _draw_view(ax, meshes[hemi], hemi, vw, v, vis, bg_v, cmap, norm)
                 if r == 0:
                     ax.set_title(f"{'Left' if hemi == 'left' else 'Right'} hemisphere", fontsize=8)
-                ax.text(0.02, 0.02, vw, transform=ax.transAxes, fontsize=7, color="0.35")
         cax = fig.add_axes((0.36, 0.06, 0.28, 0.025))
         cb = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax, orientation="horizontal")
         cb.set_label(label or name or "value")
@@ -747,6 +701,35 @@ def surface_views(
     if out is not None:
         save_figure(fig, out, dpi=dpi)
     return fig
+
+
+def _draw_view(ax, mesh, hemi: str, vw: str, v: np.ndarray, vis: np.ndarray, bg_v: np.ndarray, cmap, norm) -> None:
+    """One hemisphere seen from one side: an orthographic projection drawn back to front
+    with Lambert shading, into ``ax``."""
+    from matplotlib.collections import PolyCollection
+
+    coords = np.asarray(mesh.coords)
+    faces = np.asarray(mesh.faces)
+    off = 0 if hemi == "left" else _N5
+    d, sx, sy = (np.asarray(a, dtype=float) for a in _VIEWS[(hemi, vw)])
+    xy = np.c_[coords @ sx, coords @ sy]
+    tri = coords[faces]
+    normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    normal /= np.linalg.norm(normal, axis=1, keepdims=True) + 1e-12
+    shade = 0.55 + 0.45 * np.abs(normal @ d)
+    depth = tri.mean(axis=1) @ d
+    order = np.argsort(depth)
+    colours = colour_faces(off + faces, v, vis, bg_v[off + faces].mean(axis=1), cmap, norm)
+    colours[:, :3] *= shade[:, None]
+    pc = PolyCollection(xy[faces[order]], facecolors=colours[order], edgecolors="none",
+                        linewidths=0, antialiaseds=False)
+    pc.set_rasterized(True)
+    ax.add_collection(pc)
+    ax.set_xlim(xy[:, 0].min() - 2, xy[:, 0].max() + 2)
+    ax.set_ylim(xy[:, 1].min() - 2, xy[:, 1].max() + 2)
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+    ax.text(0.02, 0.02, vw, transform=ax.transAxes, fontsize=7, color="0.35")
 
 
 # ----------------------------------------------------------------------------- movie
@@ -759,7 +742,8 @@ def _frame_labels(frames: Any) -> tuple[list[np.ndarray], list[str] | None, str 
     except ImportError:  # pragma: no cover
         xr = None
     if xr is not None and isinstance(frames, xr.Dataset):
-        frames = frames["score"].assign_attrs(space=frames.attrs.get("space"))
+        frames, _ = as_dataarray(frames, "score", what="frames (a Dataset is read through its 'score')",
+                                 carry_space=True)
     if xr is not None and isinstance(frames, xr.DataArray):
         space = frames.attrs.get("space")
         lead = [d for d in frames.dims if d != "target"]
@@ -894,6 +878,6 @@ def _write_mp4(images: list[np.ndarray], out: Path, fps: float, ffmpeg: str) -> 
         proc = subprocess.run(cmd, input=b"".join(np.ascontiguousarray(i).tobytes() for i in images),
                               capture_output=True, check=False)
         if proc.returncode != 0:
-            raise ValidationError(f"ffmpeg failed writing {out}: {proc.stderr.decode(errors='replace')[-500:]}")
+            raise ExternalToolError(f"ffmpeg failed writing {out}: {proc.stderr.decode(errors='replace')[-500:]}")
     log.info("wrote %s", out)
     return out
