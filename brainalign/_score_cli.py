@@ -21,6 +21,9 @@ def _score(args: argparse.Namespace) -> int:
         p = f"{b['p']:.2g}" if b["p"] is not None else "-"
         extra = f"  {base[roi]['score']:.4f}" if roi in base and base[roi]["score"] is not None else ""
         print(f"{roi:28s} {b['layer']:5d} {b['depth']:5.2f} {b['score']:8.4f} {iv:>20s} {p:>9s}{extra}")
+    for name, b in card["baselines"].items():
+        parts = [f"{k.replace('_', ' ')} r = {v['score']:.4f}" for k, v in b["summary"].items() if v.get("score") is not None]
+        print(f"baseline {name.replace('_', ' ')}: " + ", ".join(parts))
     print(f"\ncard: {args.out}/card.json")
     return 0
 

@@ -204,6 +204,35 @@ def _random_init(model: str, revision: str | None, folder: Path, trust_remote_co
     return folder
 
 
+def _word_rate_numbers(proto: Protocol, root: str | None, subjects: list[str] | None) -> dict:
+    """The low-level baseline: one feature, the word rate (the Lanczos sum of a 1 per word
+    is the number of words near each TR), fitted and summarised as a model layer would be."""
+    from . import datasets, encoding, rois
+    from .features import WordFeatures
+    from .stimulus import FSAVERAGE_SIZES
+    from .surfaces.atlases import whole_targets
+    from .sweep.run import BOOTSTRAP
+
+    ds = datasets.load(proto.dataset, root=root, subjects=subjects, **proto.dataset_options)
+    space = ds.space(ds.subjects[0])
+    if space.name in FSAVERAGE_SIZES:
+        atlas = rois.load_atlas(proto.rois, space=space.name)
+    else:  # no atlas for this space: all targets, as sweeps do
+        atlas = whole_targets(space.n_targets, space.name)
+    feats = {(name, 0): np.ones((st.n_words, 1), np.float32) for name, st in ds.stories.items()}
+    wf = WordFeatures("word rate", None, [0], 1, feats, list(ds.stories))
+    a, b, n = proto.alphas
+    res = encoding.fit(wf, ds, layers=[0], alphas=np.logspace(a, b, int(n)), n_folds=proto.n_folds,
+                       delays=tuple(proto.delays), rois=atlas, n_boot=BOOTSTRAP["n_boot"],
+                       boot_block_length=BOOTSTRAP["block_length"], random_state=BOOTSTRAP["seed"], progress=False)
+    res["roi_cv_score"] = rois.aggregate(res, atlas=atlas, how="mean")["cv_score"]
+    res = res.assign_coords(depth=("layer", [0.0])).expand_dims(checkpoint=["word-rate"])
+    res.attrs.update(config={"rois": {"atlas": proto.rois}}, space=space.name)
+    if "ceiling" in res:
+        res["ceiling"] = res["ceiling"].isel(checkpoint=0)
+    return _card_numbers(res)
+
+
 def _one_checkpoint(model: str, revision: str | None) -> str | None:
     """A folder of ``checkpoint-*`` subfolders scores its last one unless a revision is given."""
     p = Path(os.path.expanduser(model))
@@ -223,8 +252,9 @@ def score(model: str, *, dataset: str | None = None, root: str | None = None, su
     """Score one model (one revision) under a protocol; writes and returns its result card.
 
     ``out`` gets ``card.json``, the sweep store ``results.zarr`` and, with ``baseline``,
-    ``baseline-random-init/`` (the same architecture with random weights, scored under the
-    same protocol; its numbers are in the card's ``baselines``). Re-running reuses both stores.
+    ``baseline-random-init.zarr`` (the same architecture with random weights, scored under
+    the same protocol) and the card's ``baselines`` get its numbers and those of word rate
+    alone (one feature, same protocol). Re-running reuses both stores.
     """
     from . import __version__
     from .sweep import run
@@ -253,6 +283,9 @@ def score(model: str, *, dataset: str | None = None, root: str | None = None, su
         numbers = _card_numbers(base)
         card["baselines"]["random_init"] = {"store": "baseline-random-init.zarr", "best": numbers["best"],
                                             "summary": numbers["summary"]}
+    if baseline:
+        numbers = _word_rate_numbers(proto, root, subjects)
+        card["baselines"]["word_rate"] = {"best": numbers["best"], "summary": numbers["summary"]}
     with atomic_path(out / "card.json") as tmp:
         Path(tmp).write_text(json.dumps(card, indent=1))
     return card

@@ -61,6 +61,9 @@ def test_score_writes_a_card_equal_to_the_sweep(tmp_path, tiny_model):
     # the random-init baseline: same protocol, same layers, its own store
     base = card["baselines"]["random_init"]
     assert (tmp_path / "card" / base["store"]).is_dir() and base["best"]["whole_cortex"]["layer"] in res.layer.values
+    # word rate alone, same protocol: its number is the fit of that one feature
+    wr = card["baselines"]["word_rate"]["best"]["whole_cortex"]
+    assert wr["layer"] == 0 and wr["lo"] <= wr["score"] <= wr["hi"]
     # a rerun reuses both stores and gives the same numbers
     again = score(str(tiny_model.out_dir), protocol="simulated-small-v1", out=tmp_path / "card", progress=False)
     assert again["layers"] == card["layers"] and again["baselines"] == card["baselines"]
