@@ -150,3 +150,45 @@ def test_manifest_nan_and_shape_errors(tmp_path):
     np.testing.assert_array_equal(ds.responses("sub01", "storyb"), np.load(tmp_path / "b.npy"))  # still read
     with pytest.raises(ValidationError, match=r"a\.npy: has 5 targets but .*b\.npy has 6"):
         ds.responses("sub01", "storya")
+
+
+def test_manifest_repeats_give_ceilings(tmp_path):
+    """Repeats listed in the manifest give a noise ceiling: CCmax of the listed files, near
+    1 for targets whose repeats share a strong signal."""
+    from brainalign.encoding.api import dataset_ceiling
+
+    rng = np.random.default_rng(1)
+    n, T = 9, 6  # storyb's rows and the targets
+    signal = rng.standard_normal((n, T))
+    signal[:, 3:] = 0.0  # targets 3-5: no signal, only noise
+    files = []
+    for i in range(3):
+        rep = signal + 0.2 * rng.standard_normal((n, T))
+        np.save(tmp_path / f"b_rep{i}.npy", rep.astype(np.float32))
+        files.append(f"b_rep{i}.npy")
+    extra = f"repeats:\n  sub01:\n    storyb: [{', '.join(files)}]\n"
+    p, _, _ = _setup(tmp_path, manifest=MANIFEST + extra)
+    ds = load("manifest", p)
+    assert ds.has_repeats("sub01", "storyb") and not ds.has_repeats("sub01", "storya")
+    assert ds.repeats("sub01", "storyb").shape == (3, n, T)
+    assert ds.info["ceiling"].startswith("from the repeats listed in")
+    c = dataset_ceiling(ds, "sub01", ["storyb"])
+    assert c.shape == (T,)
+    assert np.all(c[:3] > 0.9)  # a shared signal: near the ceiling of 1
+    from brainalign.encoding import noise_ceiling
+
+    stacked = np.stack([np.load(tmp_path / f) for f in files])  # the files, in the listed order
+    np.testing.assert_allclose(c, noise_ceiling(stacked, method="ccmax"), rtol=1e-5, equal_nan=True)
+    # one repeat is not enough; a repeat with other rows, or of a story the subject lacks, is named
+    p.write_text(MANIFEST.format(space="{targets: 6}", a="a.npy", b="b.npy") + "repeats:\n  sub01:\n    storyb: [b_rep0.npy]\n")
+    with pytest.raises(ValidationError, match=r"line 19: 1 repeat file\(s\); a noise ceiling needs at least 2"):
+        load("manifest", p)
+    np.save(tmp_path / "short.npy", np.zeros((4, T), np.float32))
+    p.write_text(MANIFEST.format(space="{targets: 6}", a="a.npy", b="b.npy")
+                 + "repeats:\n  sub01:\n    storyb: [b_rep0.npy, short.npy]\n")
+    with pytest.raises(ValidationError, match=r"short\.npy: repeat of 'storyb' has 4 rows but the story's responses have 9"):
+        load("manifest", p)
+    p.write_text(MANIFEST.format(space="{targets: 6}", a="a.npy", b="b.npy")
+                 + "repeats:\n  sub01:\n    storyc: [b_rep0.npy, b_rep1.npy]\n")
+    with pytest.raises(ValidationError, match=r"sub01 has no responses for story 'storyc'"):
+        load("manifest", p)

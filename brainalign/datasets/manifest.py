@@ -15,11 +15,18 @@ Example (paths are relative to the YAML file)::
         storya: resp/sub01_storya.npy                     # .npy, .hf5 (dataset "data")
         storyb: [resp/sub01_b_L.func.gii, resp/sub01_b_R.func.gii]   # or .nii.gz + volume mask
     test: [storyb]         # the rest are training stories (or list them under train:)
+    repeats:               # optional: single presentations of a test story, for noise ceilings
+      sub01:
+        storyb: [resp/sub01_b_rep1.npy, resp/sub01_b_rep2.npy]   # one repeat per file (>= 2)
 
 Row ``k`` of a story's responses is at ``k * tr - onset`` seconds from sound onset
 (``+ tr / 2`` with ``tr_reference: middle``). The manifest is validated by pydantic;
 errors give the YAML file and line. Response files are not read at load time (only
 their headers, for the row count).
+
+``repeats`` lists, per subject and story, files of single presentations (each one
+repeat, in any response format above, with the story's rows and the subject's targets);
+a subject's noise ceiling (CCmax) is computed from the repeats of its test stories.
 """
 
 from __future__ import annotations
@@ -64,6 +71,8 @@ class Manifest(StrictModel):
     subjects: dict[str, dict[str, Union[str, list[str]]]]
     test: list[str] = []
     train: list[str] | None = None
+    #: subject -> story -> repeat files (each file one repeat; a .func.gii pair is one item)
+    repeats: dict[str, dict[str, list[Union[str, list[str]]]]] = Field(default_factory=dict)
 
     @field_validator("space")
     @classmethod
@@ -282,7 +291,45 @@ def load(root: str | os.PathLike | None, subjects: list[str] | None = None) -> D
     train = [s for s in (m.train if m.train is not None else names) if s in names and s not in test]
     responses = Responses({k: f.read for k, f in files.items()}, {k: f.source for k, f in files.items()},
                           {s.name: s.n_trs for s in story_objs})
-    return Dataset(m.name, story_objs, selected, space, responses, train, test, info={"root": str(path), "tr": m.tr})
+    n_trs = {st.name: st.n_trs for st in story_objs}
+    repeats = _repeats(m, base, mask, space, selected, files, n_trs, where)
+    info: dict[str, Any] = {"root": str(path), "tr": m.tr}
+    if m.repeats:
+        info["ceiling"] = f"from the repeats listed in {path}"
+    return Dataset(m.name, story_objs, selected, space, responses, train, test, repeats=repeats, info=info)
+
+
+def _repeats(m: Manifest, base: Path, mask, space: Space, selected: list[str], files: dict, n_trs: dict[str, int],
+             where) -> dict[tuple[str, str], Any]:
+    """Loaders of the repeats the manifest lists (rows checked from the headers)."""
+    out: dict[tuple[str, str], Any] = {}
+    for subj, stories in m.repeats.items():
+        if subj not in m.subjects:
+            raise ValidationError(f"{where('repeats', subj)}: subject {subj!r} is not listed under subjects:")
+        if subj not in selected:
+            continue
+        for story, specs in stories.items():
+            if (subj, story) not in files:
+                raise ValidationError(f"{where('repeats', subj, story)}: {subj} has no responses for story {story!r}")
+            if len(specs) < 2:
+                raise ValidationError(f"{where('repeats', subj, story)}: {len(specs)} repeat file(s); a noise ceiling "
+                                      "needs at least 2")
+            reps = [_File(spec, base, mask, where("repeats", subj, story, i), space) for i, spec in enumerate(specs)]
+            for f in reps:
+                if f.n_rows() != n_trs[story]:
+                    raise ValidationError(f"{f.source}: repeat of {story!r} has {f.n_rows()} rows but the story's "
+                                          f"responses have {n_trs[story]}")
+
+            def load(reps=tuple(reps)) -> np.ndarray:
+                arrs = [np.asarray(f.read(), dtype=np.float32) for f in reps]
+                bad = [f.source for f, a in zip(reps, arrs) if a.ndim != 2 or a.shape[1] != space.n_targets]
+                if bad:
+                    raise ValidationError(f"{bad[0]}: a repeat must be (TRs x {space.n_targets} targets) like the "
+                                          "responses")
+                return np.stack(arrs)
+
+            out[(subj, story)] = load
+    return out
 
 
 def check(root: str | os.PathLike, subjects: list[str] | None = None) -> dict[str, Any]:
