@@ -123,8 +123,11 @@ def _target_labels(results, atlas: "str | Atlas", **atlas_kw) -> tuple[Atlas, np
                 whole = whole_targets(n, str(space))
                 return whole, np.asarray(whole.labels)
             raise ValidationError(
-                f"results are in volume space {space!r}: pass an Atlas loaded on that space, e.g. "
-                "aggregate(results, atlas=load_atlas('labels.nii.gz', dataset.space(subject)))"
+                f"results are on the voxels of volume space {space!r}, and atlas {getattr(atlas, 'name', atlas)!r} is "
+                "on fsaverage: pass dataset= (aggregate(results, atlas, dataset=ds) carries the atlas to each "
+                "subject's voxels; LeBel 2023 subjects with their surfaces), or project the results first with "
+                "ba.surfaces.project(results, dataset, to='fsaverage5'), or give an Atlas on that volume space, "
+                "e.g. load_atlas('labels.nii.gz', dataset.space(subject))"
             )
         atlas = load_atlas(atlas, space, **atlas_kw)
     elif space is not None and str(space).startswith("fsaverage") and atlas.space != space:
@@ -138,6 +141,61 @@ def _target_labels(results, atlas: "str | Atlas", **atlas_kw) -> tuple[Atlas, np
         f"results have {n} targets but atlas {atlas.name!r} ({atlas.space}) has {atlas.n_targets}, "
         "and the 'target' coordinate does not index into it"
     )
+
+
+def _subject_labels(results, atlas: "str | Atlas", dataset, **atlas_kw) -> tuple[Atlas, np.ndarray]:
+    """The atlas and labels per subject's voxels, ``(subject, target)`` (or ``(target,)``
+    for results of one subject), for results on the voxels of ``dataset``'s subjects.
+
+    Surface atlases are carried to each subject's voxels (:func:`~brainalign.surfaces.atlases.subject_atlas`),
+    with the atlas's codes; targets past a subject's voxels (NaN padding) get label 0.
+    """
+    from .surfaces.atlases import subject_atlas
+    from .surfaces.subject import SubjectSpace, subject_spaces
+
+    n = int(results.sizes["target"])
+    if "subject" in results.dims:
+        subs = [str(x) for x in results["subject"].values]
+    elif "subject" in results.coords:
+        subs = [str(results["subject"].values)]
+    elif isinstance(dataset, SubjectSpace):
+        subs = [dataset.subject]
+    elif len(getattr(dataset, "subjects", ())) == 1:
+        subs = list(dataset.subjects)
+    else:
+        raise ValidationError("aggregate: results have no 'subject' dimension or coordinate; say whose voxels they "
+                              "are, e.g. results.sel(subject='UTS01') or results.expand_dims(subject=['UTS01'])")
+    spaces = {subs[0]: dataset} if isinstance(dataset, SubjectSpace) else subject_spaces(dataset, subs)
+    whole = isinstance(atlas, str) and atlas.lower() in _WHOLE
+    source = None if whole else (atlas if isinstance(atlas, Atlas) else load_atlas(atlas, "fsaverage5", **atlas_kw))
+    rows = []
+    for s in subs:
+        sp = spaces[s]
+        if sp.is_surface:
+            raise ValidationError(f"subject {s} is on surface {sp.name}, not voxels: aggregate without dataset=")
+        if sp.n_targets > n:
+            raise ValidationError(f"results have {n} targets but subject {s} has {sp.n_targets} voxels")
+        lab = np.zeros(n, dtype=np.int64)
+        if whole:
+            lab[: sp.n_targets] = 1
+        elif not isinstance(sp, SubjectSpace):
+            raise ValidationError(
+                f"subject {s}: its space {sp.name!r} has no surfaces, so fsaverage atlas {source.name!r} cannot reach "
+                "its voxels (for lebel2023: `brainalign datasets check lebel2023 ROOT` says which pycortex and "
+                "FreeSurfer files are missing)")
+        else:
+            lab[: sp.n_targets] = subject_atlas(source, sp).labels
+        rows.append(lab)
+    named = whole_targets(n, "voxels") if whole else source
+    return named, (np.stack(rows) if "subject" in results.dims else rows[0])
+
+
+def _per_subject(labels: np.ndarray, fn, *arrays: np.ndarray) -> np.ndarray:
+    """``fn(*arrays, labels)`` over the last axis; with labels (subject, target), per subject
+    (the arrays' axis -2), the results stacked back on axis -2."""
+    if labels.ndim == 1:
+        return fn(*arrays, labels)
+    return np.stack([fn(*(a[..., i, :] for a in arrays), labels[i]) for i in range(labels.shape[0])], axis=-2)
 
 
 def roi_values(
@@ -234,6 +292,7 @@ def aggregate(
     top: float = 0.1,
     alpha: float = 0.05,
     rois: Sequence[str] | None = None,
+    dataset=None,
     **atlas_kw,
 ):
     """Aggregate target-level results within each ROI of an atlas.
@@ -254,6 +313,15 @@ def aggregate(
         The variable aggregated by "mean"/"median"/"top10".
     rois : list of str, optional
         Keep only these ROIs.
+    dataset : Dataset, SubjectSpace or {subject: space}, optional
+        For results on subjects' voxels (LeBel 2023, before
+        :func:`~brainalign.surfaces.project`): the subjects' spaces. A surface atlas is
+        then carried to each subject's voxels
+        (:func:`~brainalign.surfaces.atlases.subject_atlas`) and each subject's ROIs are
+        means over its own voxels; ``n_targets`` is per subject. Without it, volume
+        results take only ``"whole_cortex"`` or an Atlas on their volume; any other atlas
+        raises, saying to pass ``dataset=`` or to project first. Ignored for results on
+        fsaverage.
 
     Returns
     -------
@@ -286,7 +354,11 @@ def aggregate(
         raise ValidationError(f"results need a 'target' dimension; they have {tuple(results.dims)}")
     if not 0 < top <= 1:
         raise ValidationError(f"top must be in (0, 1], got {top}")
-    atlas, labels = _target_labels(results, atlas, **atlas_kw)
+    on_voxels = dataset is not None and not str(results.attrs.get("space", "")).startswith("fsaverage")
+    if on_voxels:
+        atlas, labels = _subject_labels(results, atlas, dataset, **atlas_kw)
+    else:
+        atlas, labels = _target_labels(results, atlas, **atlas_kw)
     codes = list(atlas.names)
     names = [atlas.names[c] for c in codes]
     if rois is not None:
@@ -308,17 +380,18 @@ def aggregate(
         src = results[var]
         out_name = var
         agg_how = how
-    src = src.transpose(..., "target")
+    src = src.transpose(..., "subject", "target") if labels.ndim == 2 else src.transpose(..., "target")
     other = [d for d in src.dims if d != "target"]
     data = np.asarray(src.values)
-    agg = roi_values(data, labels, codes, agg_how, top=top)
+    agg = _per_subject(labels, lambda d, lab: roi_values(d, lab, codes, agg_how, top=top), data)
     cv_agg = None
     if "cv_score" in results and var != "cv_score" and "layer" in src.dims:
         # the training-story score over the same ROIs (fraction_significant: its mean),
         # by which the best layer is chosen
         cv_src = results["cv_score"].broadcast_like(src).transpose(*src.dims)
-        cv_agg = roi_values(np.asarray(cv_src.values), labels, codes, "mean" if how == "fraction_significant" else how,
-                            top=top)
+        cv_how = "mean" if how == "fraction_significant" else how
+        cv_agg = _per_subject(labels, lambda d, lab: roi_values(d, lab, codes, cv_how, top=top),
+                              np.asarray(cv_src.values))
 
     coords = {k: v for k, v in src.coords.items() if "target" not in v.dims}
     coords["roi"] = names
@@ -327,16 +400,21 @@ def aggregate(
     ds = xr.Dataset({out_name: (dims, agg)}, coords=coords)
     if cv_agg is not None:
         ds["cv_score"] = (dims, cv_agg)
-    counts = np.bincount(labels, minlength=max(codes, default=0) + 1)
-    ds["n_targets"] = ("roi", counts[codes].astype(np.int64))
+    size = max(codes, default=0) + 1
+    if labels.ndim == 2:
+        counts = np.stack([np.bincount(row, minlength=size)[codes] for row in labels])
+        ds["n_targets"] = (("subject", "roi"), counts.astype(np.int64))
+    else:
+        ds["n_targets"] = ("roi", np.bincount(labels, minlength=size)[codes].astype(np.int64))
 
     if how != "fraction_significant" and "ceiling" in results and var != "ceiling":
         ceil = results["ceiling"].broadcast_like(src).transpose(*src.dims)
         cdata = np.asarray(ceil.values, dtype=np.float64)
         if how == "top10":
-            cagg = _top_ceiling(np.asarray(data, dtype=np.float64), cdata, labels, codes, top)
+            cagg = _per_subject(labels, lambda d, c, lab: _top_ceiling(d, c, lab, codes, top),
+                                np.asarray(data, dtype=np.float64), cdata)
         else:
-            cagg = roi_values(cdata, labels, codes, how)
+            cagg = _per_subject(labels, lambda c, lab: roi_values(c, lab, codes, how), cdata)
         bad = np.isfinite(cagg) & (cagg <= 0)
         if bad.any():
             log.warning("ROI ceiling <= 0 in %d cells; their normalised scores are NaN", int(bad.sum()))
@@ -367,6 +445,9 @@ def aggregate(
     if rule is not None:
         ds.attrs["layer_rule"] = rule
     ds.attrs.update(atlas=atlas.name, atlas_space=atlas.space, how=how, var=out_name)
+    if on_voxels:
+        ds.attrs["rois_on"] = ("each subject's voxels (the atlas carried from fsaverage to the voxels by the subject's "
+                               "voxels -> fsaverage map; each voxel in the ROI that carries most of its weight)")
     if how == "top10":
         ds.attrs["top"] = top
     return ds

@@ -529,3 +529,94 @@ def test_read_surface_formats(lebel_root, tmp_path):
     ptr.write_text("/annex/objects/MD5E-s1--abc.gii\n")
     with pytest.raises(NotDownloadedError, match="pia_lh.gii"):
         read_surface(ptr)
+
+
+# ----------------------------------------------------------------------------- atlases on a subject's voxels
+
+
+def test_label_volume_on_a_subject_space_is_read_in_column_order(ds, lebel_root, tmp_path):
+    """A label NIfTI (nibabel's i, j, k) on a non-cubic SubjectSpace (whose mask is z, y, x)
+    gives each column the label of its own voxel."""
+    import nibabel as nib
+
+    from brainalign.rois import load_atlas
+
+    _, anat, _ = lebel_root
+    for subj in SUBJECTS:
+        a, space = anat[subj], ds.space(subj)
+        assert len(set(a.shape)) == 3  # non-cubic: a wrong transpose cannot pass
+        i, j, k = np.meshgrid(*[np.arange(s) for s in a.shape], indexing="ij")
+        labels = (1 + i + 100 * (j % 3) + 1000 * (k % 2)).astype(np.int32)
+        path = tmp_path / f"{subj}_labels.nii.gz"
+        nib.save(nib.Nifti1Image(labels, a.affine), str(path))
+        atlas = load_atlas(path, space)
+        assert atlas.space == subj and atlas.n_targets == space.n_targets
+        np.testing.assert_array_equal(atlas.labels, pycortex_columns(labels.astype(np.float64), a.masks[USES[subj]]))
+        bad = tmp_path / f"{subj}_wrong.nii.gz"
+        nib.save(nib.Nifti1Image(labels.transpose(2, 1, 0).copy(), a.affine), str(bad))
+        with pytest.raises(ValidationError, match=r"wrong\.nii\.gz: label volume has shape .*nibabel's i, j, k"):
+            load_atlas(bad, space)
+
+
+def test_fsaverage_atlases_reach_the_subjects_voxels(ds, lebel_root):
+    """Every fsaverage atlas works on a LeBel subject's voxels: each voxel takes the ROI its
+    surface points feed, so an ROI carried to the voxels and projected back covers the ROI."""
+    from brainalign.rois import load_atlas
+    from brainalign.surfaces.atlases import subject_atlas
+
+    _, anat, _ = lebel_root
+    fs5 = load_atlas("language")
+    for subj in SUBJECTS:
+        space = ds.space(subj)
+        vox = load_atlas("language", space)
+        assert vox.space == subj and vox.n_targets == space.n_targets
+        assert vox.names == {k: v for k, v in fs5.names.items() if k in vox.names} and len(vox.names) == 14
+        for roi in ("L_pSTS", "R_IFGtri"):
+            back = space.to_fsaverage(vox.mask(roi).astype(np.float64))
+            assert np.nanmean(back[fs5.mask(roi)]) > 0.85  # the ROI's vertices are fed by its voxels
+            assert np.nanmean(back[~fs5.mask(roi)]) < 0.01  # and almost nothing else is
+        # the same through an Atlas object and through the Seitzman atlas
+        np.testing.assert_array_equal(subject_atlas(fs5, space).labels, vox.labels)
+        assert load_atlas("seitzman2018", space).n_targets == space.n_targets
+        # a voxel no vertex's line meets belongs to no ROI
+        unreached = np.asarray(space.surface_map().sum(axis=0)).ravel() == 0
+        assert unreached.any() and (vox.labels[unreached] == 0).all()
+
+
+def test_aggregate_and_flatmap_of_raw_voxel_results(ds, lebel_root):
+    import matplotlib.pyplot as plt
+
+    from brainalign.plotting import flatmap, subject_flatmap
+    from brainalign.rois import aggregate
+
+    _, anat, _ = lebel_root
+    res, score = _results(ds, anat)
+    with pytest.raises(ValidationError, match=r"voxels of volume space 'mixed'.*pass dataset=.*surfaces\.project"):
+        aggregate(res, atlas="language")
+    curves = aggregate(res, atlas="language", dataset=ds)
+    assert set(curves["n_targets"].dims) == {"subject", "roi"}
+    one = res["score"].sel(layer=3, subject="UTS01")
+    with pytest.raises(ValidationError, match=r"not an fsaverage surface .*ba\.surfaces\.project"):
+        flatmap(one.assign_attrs(space="UTS01"))
+    with pytest.raises(ValidationError, match=r"match no fsaverage surface; if they are a subject's voxels"):
+        flatmap(one.values[: ds.space("UTS01").n_targets])
+    with pytest.raises(ValidationError, match=r"cannot tell whose voxels"):
+        flatmap(res["score"].sel(layer=3).mean("subject"), dataset=ds)
+    fig = flatmap(one, dataset=ds, vmin=0, vmax=1)
+    assert fig is not None and subject_flatmap.__module__ == "brainalign.plotting.flat"
+    plt.close("all")
+
+
+def test_projected_pvalues_stay_valid(ds, lebel_root):
+    """A vertex's p-value is twice the weighted mean of its voxels' (capped at 1): a p-value
+    under any dependence, so p = 0.3 everywhere gives 0.6, and 0.8 gives 1."""
+    import xarray as xr
+
+    T = max(ds.space(s).n_targets for s in SUBJECTS)
+    p = np.full((2, T), np.nan, np.float32)
+    for i, s in enumerate(SUBJECTS):
+        p[i, : ds.space(s).n_targets] = 0.3 if i == 0 else 0.8
+    res = xr.Dataset({"pvalue": (("subject", "target"), p)}, coords={"subject": list(SUBJECTS), "target": np.arange(T)})
+    out = project(res, ds)["pvalue"].values
+    np.testing.assert_allclose(out[0][np.isfinite(out[0])], 0.6, rtol=1e-5)
+    np.testing.assert_allclose(out[1][np.isfinite(out[1])], 1.0)

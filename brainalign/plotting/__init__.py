@@ -5,11 +5,12 @@ Everything draws on matplotlib ``Figure`` objects without pyplot, so it runs hea
 """
 
 from .curves import plot_aligned_curves, plot_curves, plot_layer_heatmap
-from .flat import FlatmapFigure, flat_coordinates, flatmap, flatmap_movie, save_figure, surface_views
+from .flat import FlatmapFigure, flat_coordinates, flatmap, flatmap_movie, save_figure, subject_flatmap, surface_views
 from .style import OKABE_ITO, PAPER_RC, palette, paper_style
 
 __all__ = [
     "flatmap",
+    "subject_flatmap",
     "surface_views",
     "flatmap_movie",
     "flat_coordinates",

@@ -130,16 +130,58 @@ def _as_vector(values: Any, what: str = "values") -> tuple[np.ndarray, str | Non
     return arr, space, name
 
 
+_VOXELS_HINT = (
+    "project them to fsaverage first (ba.surfaces.project(results, dataset), or flatmap(..., dataset=ds) for one "
+    "subject's map), or draw them on the subject's own surface with flatmap(values, space=dataset.space(subject))"
+)
+
+
 def _to_fs5(arr: np.ndarray, space: "str | Space | None", what: str) -> tuple[np.ndarray, str]:
     """Values on fsaverage5 (for drawing) and the name of the space they came from."""
     if isinstance(space, Space) and not space.is_surface:
         raise ValidationError(f"{what}: volume data are drawn with pycortex (see flatmap's pycortex argument)")
+    name = space.name if isinstance(space, Space) else space
+    if name is not None and name != "fsaverage" and name not in FSAVERAGE_SIZES:
+        raise ValidationError(f"{what}: {arr.shape[0]} values on {name!r}, not an fsaverage surface (e.g. a LeBel "
+                              f"subject's voxels): {_VOXELS_HINT}")
+    if name is None and space_of_size_or_none(arr.shape[0]) is None:
+        raise ValidationError(f"{what}: {arr.shape[0]} values match no fsaverage surface; if they are a subject's "
+                              f"voxels, {_VOXELS_HINT}")
     src = surface_space_name(space) if space is not None else space_of_size(arr.shape[0])
     if arr.shape[0] != 2 * FSAVERAGE_SIZES[src]:
         raise ValidationError(f"{what}: {arr.shape[0]} values but {src} has {2 * FSAVERAGE_SIZES[src]} vertices")
     if src != "fsaverage5":
         arr = resample(arr, src, "fsaverage5")
     return arr, src
+
+
+def space_of_size_or_none(n: int) -> str | None:
+    return next((k for k, v in FSAVERAGE_SIZES.items() if 2 * v == n), None)
+
+
+def _from_voxels(values: Any, dataset: Any) -> tuple[np.ndarray, str | None]:
+    """One subject's voxel map (its ``subject`` coordinate, or the dataset's only subject)
+    projected to fsaverage5; fsaverage values pass through."""
+    from ..surfaces.project import project_array
+    from ..surfaces.subject import SubjectSpace, subject_spaces
+
+    v, vspace, name = _as_vector(values)
+    if vspace is not None and (str(vspace) == "fsaverage" or str(vspace) in FSAVERAGE_SIZES):
+        return _to_fs5(v, vspace, "values")[0], name
+    subject = None
+    coord = getattr(values, "coords", {}).get("subject") if hasattr(values, "coords") else None
+    if coord is not None and np.ndim(coord.values) == 0:
+        subject = str(coord.values)
+    elif isinstance(dataset, SubjectSpace):
+        subject = dataset.subject
+    elif len(getattr(dataset, "subjects", ())) == 1:
+        subject = dataset.subjects[0]
+    if subject is None:
+        raise ValidationError("flatmap(dataset=...): cannot tell whose voxels these are; select one subject first "
+                              "(results.score.sel(layer=..., subject='UTS01')): a mean over subjects' voxels has no "
+                              "place on the cortex until each subject is projected (ba.surfaces.project)")
+    sp = dataset if isinstance(dataset, SubjectSpace) else subject_spaces(dataset, [subject])[subject]
+    return project_array(v, sp, "fsaverage5").astype(np.float64), name
 
 
 def _labels_fs5(rois: Any) -> tuple[np.ndarray, dict[int, str]]:
@@ -417,6 +459,7 @@ def flatmap(
     dpi: float | None = 150,
     ax=None,
     pycortex: tuple[str, str] | None = None,
+    dataset: Any = None,
 ):
     """Draw one value per vertex on the flattened cortex, both hemispheres side by side.
 
@@ -449,11 +492,21 @@ def flatmap(
         Without it, a :class:`~brainalign.surfaces.subject.SubjectSpace` (a LeBel 2023
         subject read with its pycortex files) is drawn by :func:`subject_flatmap`, no
         pycortex needed.
+    dataset : Dataset, SubjectSpace or {subject: space}, optional
+        For one LeBel 2023 subject's voxel map (a DataArray with a scalar ``subject``
+        coordinate, or the dataset's only subject): project it to fsaverage5 first
+        (:func:`~brainalign.surfaces.project_array`) and draw it there. Without it,
+        voxel values raise, saying how to project them.
 
     Returns
     -------
     matplotlib.figure.Figure
     """
+    if dataset is not None and space is None and pycortex is None:
+        values, name = _from_voxels(values, dataset)
+        if label is None:
+            label = name
+        space = "fsaverage5"
     if pycortex is None and _is_subject_space(space):
         return subject_flatmap(values, space, threshold=threshold, mask=mask, cmap=cmap, vmin=vmin, vmax=vmax,
                                title=title, out=out, label=label, colorbar=colorbar, dpi=dpi)

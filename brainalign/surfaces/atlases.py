@@ -24,6 +24,9 @@ a path
     too, or pass ``(left, right)``), FreeSurfer ``.label`` files, a label GIfTI
     (``*.label.gii``), or, for a volume space, a label NIfTI whose voxels are read
     through the space's mask.
+a LeBel 2023 subject's voxels
+    Any surface atlas above, carried from fsaverage to the voxels of a
+    :class:`~brainalign.surfaces.subject.SubjectSpace` (:func:`subject_atlas`).
 ``"pycortex:<subject>"``
     A pycortex subject's ROIs (``overlays.svg``) in a volume space through the
     transform ``xfm``; needs pycortex and the subject's pycortex database.
@@ -45,7 +48,7 @@ from ..errors import DataNotFoundError, ValidationError, check_data_file
 from ..stimulus import FSAVERAGE_SIZES, Space
 from .meshes import load_mesh, medial_wall, nilearn_data_dirs, nilearn_package_data, resample, space_of_size, surface_space_name
 
-__all__ = ["Atlas", "load_atlas", "whole_targets", "LANGUAGE_ROIS", "OFFLINE_ATLASES"]
+__all__ = ["Atlas", "load_atlas", "subject_atlas", "whole_targets", "LANGUAGE_ROIS", "OFFLINE_ATLASES"]
 
 log = logging.getLogger(__name__)
 
@@ -467,13 +470,18 @@ def _from_volume(path: Path, space: Space, names: Mapping[int, str] | None) -> A
         raise ValidationError(f"{path}: not a readable label volume ({exc})") from exc
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
-    if data.shape != space.mask.shape:
-        raise ValidationError(f"{path}: label volume has shape {data.shape}, space {space.name!r} mask has {space.mask.shape}")
+    # nibabel reads (i, j, k); a SubjectSpace keeps its mask in pycortex's (z, y, x) order,
+    # its targets being the mask's voxels in that order's C order (see surfaces.subject)
+    zyx = _is_subject(space)
+    mask_ijk = space.mask.T if zyx else space.mask
+    if data.shape != mask_ijk.shape:
+        raise ValidationError(f"{path}: label volume has shape {data.shape}, space {space.name!r} has {mask_ijk.shape} "
+                              "(nibabel's i, j, k order)")
     if space.affine is not None and not np.allclose(img.affine, space.affine, atol=1e-3):
         raise ValidationError(f"{path}: affine differs from space {space.name!r}'s; resample the labels to the subject's volume first")
     if np.any(data != np.round(data)):
         raise ValidationError(f"{path}: label volume has non-integer values")
-    labels = data[space.mask].astype(np.int64)
+    labels = (data.T[space.mask] if zyx else data[space.mask]).astype(np.int64)
     table = dict(names or {})
     return Atlas(path.name.split(".")[0], space.name, labels, table, f"label volume {path.name} through the {space.name} mask.")
 
@@ -500,6 +508,58 @@ def _pycortex(subject: str, space: Space, xfm: str | None, rois: Sequence[str] |
         labels[(m[space.mask] > 0) & (labels == 0)] = i
         names[i] = nm
     return Atlas(f"pycortex:{subject}", space.name, labels, names, f"pycortex ROIs of {subject} through {xfm}.")
+
+
+# --------------------------------------------------------------------------- subjects' voxels
+
+
+def _is_subject(space) -> bool:
+    from .subject import SubjectSpace
+
+    return isinstance(space, SubjectSpace)
+
+
+def _volume_source(name) -> bool:
+    """True for atlas sources read in a volume space itself, False for surface atlases."""
+    if isinstance(name, Atlas):
+        return name.space not in FSAVERAGE_SIZES
+    if isinstance(name, (list, tuple)):
+        return False  # a (left, right) pair of surface files
+    low = str(name).lower()
+    return low in _WHOLE or low.startswith("pycortex:") or low.endswith((".nii", ".nii.gz"))
+
+
+def subject_atlas(atlas: Atlas, space: Space, n_samples: int = 16) -> Atlas:
+    """An fsaverage atlas carried to a subject's voxels (a LeBel 2023 :class:`SubjectSpace`).
+
+    Each voxel takes the label that carries most of its weight in the subject's
+    voxels -> fsaverage map (:meth:`~brainalign.surfaces.subject.SubjectSpace.labels_from_fsaverage`:
+    the line sampling between white and pial surfaces, then ``sphere.reg``), so a voxel
+    belongs to the ROI whose fsaverage vertices it feeds. Label codes and names are the
+    atlas's; an ROI that reaches none of the subject's voxels is left out of ``names``.
+
+    Raises
+    ------
+    DataNotFoundError
+        The subject has no ``sphere.reg`` (UTS09), naming what is missing.
+    """
+    from .subject import SubjectSpace
+
+    if not isinstance(space, SubjectSpace):
+        raise ValidationError(f"subject_atlas needs a subject's SubjectSpace (dataset.space(subject)), got {space!r}")
+    if atlas.space not in FSAVERAGE_SIZES:
+        raise ValidationError(f"atlas {atlas.name!r} is on {atlas.space!r}, not an fsaverage surface")
+    try:
+        labels = space.labels_from_fsaverage(atlas.labels, atlas.space, n_samples=n_samples)
+    except DataNotFoundError as exc:
+        raise DataNotFoundError(
+            f"atlas {atlas.name!r} is an {atlas.space} atlas; carrying it to subject {space.subject}'s voxels needs "
+            f"the subject's registration to fsaverage: {exc}"
+        ) from None
+    return Atlas(atlas.name, space.name, labels, atlas.names,
+                 atlas.description + f" Carried to {space.subject}'s {space.n_targets} voxels (each voxel takes the "
+                 f"label of most of its weight in the voxels -> {atlas.space} map).",
+                 meta={**atlas.meta, "from_space": atlas.space})
 
 
 # --------------------------------------------------------------------------- public
@@ -537,7 +597,11 @@ def load_atlas(
         "destrieux", "pycortex:<subject>", or files (see the module docstring).
     space : str or Space
         fsaverage level ("fsaverage5"; finer levels need their mesh fetched once), or a
-        volume :class:`~brainalign.stimulus.Space` for label volumes and pycortex.
+        volume :class:`~brainalign.stimulus.Space` for label volumes and pycortex. For a
+        LeBel 2023 subject (a :class:`~brainalign.surfaces.subject.SubjectSpace` that can
+        project to fsaverage), every surface atlas (names, ``.annot``, label GIfTI, an
+        fsaverage :class:`Atlas`) is loaded on fsaverage5 and carried to the subject's
+        voxels by :func:`subject_atlas`; label NIfTIs are read in the subject's volume.
     radius : float, optional
         Sphere radius in mm for the coordinate atlases (default 10 for Seitzman,
         12 for language).
@@ -554,6 +618,10 @@ def load_atlas(
     -------
     Atlas
     """
+    if _is_subject(space) and not _volume_source(name):
+        src = name if isinstance(name, Atlas) else load_atlas(
+            name, "fsaverage5", radius=radius, names=names, download=download, data_dir=data_dir)
+        return subject_atlas(src, space)
     if isinstance(name, Atlas):
         return name if isinstance(space, Space) and not space.is_surface else _on_space(name, space)
     if isinstance(name, (list, tuple)):

@@ -26,7 +26,7 @@ from ..stimulus import FSAVERAGE_SIZES
 from .meshes import surface_space_name
 from .subject import SubjectSpace, subject_spaces
 
-__all__ = ["project", "project_array"]
+__all__ = ["project", "project_array", "describe"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,17 @@ def project_array(values: Any, space: Any, to: str = "fsaverage5", *, n_samples:
             "NaN padding: these are not this subject's voxels"
         )
     return sp.to_fsaverage(arr[..., :n], to, n_samples=n_samples)
+
+
+def describe(to: str = "fsaverage5", n_samples: int = 16) -> str:
+    """How :func:`project` maps voxels to ``to``, in words (for results' attributes)."""
+    return (
+        f"subject voxels -> subject surface (mean of the masked voxels met by {n_samples} points between the "
+        "white and pial surfaces, pycortex's coord transform) -> " + surface_space_name(to) +
+        " (FreeSurfer sphere.reg, nearest neighbour forward and reverse); NaN where no voxel reaches; "
+        "pvalue: twice the weighted mean of the voxels' p-values, capped at 1 (valid under any dependence); "
+        "significant: where at least half the weight is significant (each subject's FDR over its voxels)"
+    )
 
 
 def _check_space(space: Any, subject: str) -> SubjectSpace:
@@ -102,7 +113,10 @@ def project(
         coordinate; ``attrs["space"] = to``. Float variables are NaN-aware means of the
         voxels mapped to each vertex; boolean ones (``significant``) are True where at
         least half of that weight is True. Vertices no voxel reaches are NaN (False).
-        A projected ``pvalue`` is a mean of p-values: for display, not for inference.
+        A projected ``pvalue`` is twice the weighted mean of the voxels' p-values
+        (capped at 1): twice an average of p-values is itself a p-value whatever their
+        dependence (Rüschendorf 1982; Vovk & Wang 2020, Biometrika 107:791), so a
+        vertex's p-value stays valid, conservatively, for the mean of its voxels.
     """
     import xarray as xr
 
@@ -160,6 +174,8 @@ def project(
             res = project_array(arr, checked[subs[0]], level, n_samples=n_samples)
         if is_bool:
             res = np.nan_to_num(res, nan=0.0) >= 0.5
+        elif v == "pvalue":
+            res = np.minimum(2.0 * res, 1.0).astype(res.dtype, copy=False)  # a valid p-value (see docstring)
         coords = {d: da.coords[d] for d in dims if d != "target" and d in da.coords}
         out_vars[v] = xr.DataArray(res, dims=dims, coords=coords, attrs=dict(da.attrs))
     keep = {v: ds[v] for v in ds.data_vars if "target" not in ds[v].dims}
@@ -170,15 +186,7 @@ def project(
     out = out.assign_coords(target=np.arange(n_out, dtype=np.int64), hemi=("target", hemi))
     out.attrs = dict(ds.attrs)
     src = sorted({checked[s].name for s in subs})
-    out.attrs.update(
-        space=level,
-        projected_from=", ".join(src),
-        projection=(
-            f"subject voxels -> subject surface (mean of the masked voxels met by {n_samples} points between the "
-            "white and pial surfaces, pycortex's coord transform) -> " + level +
-            " (FreeSurfer sphere.reg, nearest neighbour forward and reverse); NaN where no voxel reaches"
-        ),
-    )
+    out.attrs.update(space=level, projected_from=", ".join(src), projection=describe(level, n_samples))
     if is_array:
         name = results.name or "score"
         da = out[name]

@@ -772,6 +772,30 @@ class SubjectSpace(Space):
         self.check(np.asarray(values), "values")
         return apply_mapper(self.fsaverage_map(to, n_samples), values)
 
+    def labels_from_fsaverage(self, labels: Any, to: str = "fsaverage5", n_samples: int = 16) -> np.ndarray:
+        """Integer labels of ``to``'s vertices (an fsaverage atlas) -> one label per voxel.
+
+        The same map as :meth:`to_fsaverage`, read backwards: voxel ``j`` feeds fsaverage
+        vertex ``v`` with weight ``M[v, j]``; it takes the label carrying the most of its
+        weight, label 0 (unlabelled, the medial wall) included, so a voxel that mostly
+        feeds vertices outside every ROI stays 0, and so does a voxel that feeds none.
+        Ties go to the smaller label (0 first).
+        """
+        import scipy.sparse as sp
+
+        lab = np.asarray(labels)
+        M = self.fsaverage_map(to, n_samples)
+        if lab.ndim != 1 or lab.shape[0] != M.shape[0]:
+            raise ValidationError(
+                f"labels have shape {lab.shape}, but {surface_space_name(to)} has {M.shape[0]} vertices")
+        codes, idx = np.unique(lab.astype(np.int64), return_inverse=True)
+        onehot = sp.csr_matrix((np.ones(lab.size), (np.arange(lab.size), idx)), shape=(lab.size, codes.size))
+        W = sp.csr_matrix(M.T @ onehot)  # voxels x codes: weight each voxel gives each label
+        best = np.asarray(W.argmax(axis=1)).ravel()
+        out = codes[best]
+        fed = np.diff(W.indptr) > 0
+        return np.where(fed, out, 0).astype(np.int64)
+
     def __repr__(self) -> str:
         extra = "sphere.reg" if self.spheres else "no sphere.reg"
         return f"SubjectSpace({self.name!r}, {self.n_targets} voxels, {self.shape}, surfaces {sorted(self.surfaces)}, {extra})"

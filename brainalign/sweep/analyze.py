@@ -658,6 +658,21 @@ def _roi_ceilings(res: xr.Dataset, cfg: dict, space: str) -> dict | None:
     return {str(r): float(c[:, atlas.mask(str(r))].mean()) for r in res.roi.values}
 
 
+def _data_notes(res: xr.Dataset, ceilings: dict | None) -> list[str]:
+    """Report lines on how the maps reached their surface and where the ceilings come from."""
+    lines = []
+    proj = res.attrs.get("projection")
+    if isinstance(proj, Mapping):
+        lines.append(f"Maps: each subject's voxel maps were projected to {proj.get('to')} ({proj.get('maps')}). "
+                     f"{proj.get('rois', '')}.")
+    note = res.attrs.get("ceiling_note")
+    if note and ceilings is None:
+        lines.append(f"Noise ceiling: none for these data. {note}")
+    elif note:
+        lines.append(f"Noise ceilings: {note}.")
+    return lines
+
+
 def flatmap_from_store(path, checkpoint: str, layer: int, subject: str | None = None, out="flatmap.png", threshold=None):
     """Write a flatmap of one checkpoint and layer (subject mean unless ``subject``).
 
@@ -762,6 +777,7 @@ def report(path: str | Path, out: str | Path = "report.html", figures_dir: str |
         "data have repeats; they are not applied to the scores. CCmax is undefined where the repeats show no signal; "
         "those targets count as 0 in the ROI means.",
     ]
+    text += _data_notes(res, ceilings)
     if "significance_test" in curves.attrs:
         text.append(f"Alignment above chance (\u201cabove chance\u201d; phases are claimed only there): "
                     f"{curves.attrs['significance_test']}.")

@@ -13,7 +13,7 @@ Example::
     features: {context_tokens: 512}
     encoding: {alphas: {logspace: [0, 6, 13]}, n_folds: 5, backend: auto}
     stats: {test: sign, fdr: 0.05}  # or test: block (permutations: 1000, block_size: 20), or none
-    rois: {atlas: language}
+    rois: {atlas: language}          # space: auto (LeBel with surfaces: fsaverage5), fsaverage5, native
     output: {store: results.zarr}
     executor: {kind: local}
 """
@@ -142,6 +142,20 @@ class StatsConfig(StrictModel):
 class RoiConfig(StrictModel):
     atlas: str = "whole_cortex"
     how: Literal["mean", "top10", "fraction_significant"] = "mean"
+    #: where a sweep on subjects' voxels (LeBel 2023 with its surfaces) stores its maps:
+    #: "auto" (fsaverage5 when every subject can be projected there, else the data's own
+    #: space), an fsaverage level (required; a subject that cannot be projected is an
+    #: error), or "native" (the subjects' own voxels: whole_cortex only, no flatmaps)
+    space: str = "auto"
+
+    @field_validator("space")
+    @classmethod
+    def _known_space(cls, v: str) -> str:
+        from ..stimulus import FSAVERAGE_SIZES
+
+        if v not in ("auto", "native", *FSAVERAGE_SIZES):
+            raise ValueError(f"unknown space {v!r}; use auto, native or one of {', '.join(FSAVERAGE_SIZES)}")
+        return v
 
 
 class OutputConfig(StrictModel):
@@ -263,6 +277,8 @@ def settings(cfg: RunConfig) -> dict:
     sub = {k: d[k] for k in HASHED}
     sub["model"] = {k: v for k, v in sub["model"].items() if k != "revisions"}
     sub["stats"] = cfg.stats.effective()
+    if sub["rois"].get("space") == "auto":  # the default: stores made before rois.space keep their hash
+        sub["rois"].pop("space")
     return sub
 
 

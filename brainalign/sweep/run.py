@@ -29,6 +29,7 @@ from .._version import __version__
 from ..encoding.bootstrap import DEFAULT_BLOCK_LENGTH, DEFAULT_N_BOOT
 from ..encoding.stats import MIN_PERMUTATION_BLOCKS
 from ..errors import ValidationError
+from ..stimulus import FSAVERAGE_SIZES, Space
 from .config import RunConfig, check_slurm_available, config_hash, load_config, settings_diff
 from .store import IncompatibleStoreError, ResultsStore
 
@@ -66,6 +67,9 @@ class Plan:
     hemi: np.ndarray
     rois: list[str]
     settings_hash: str
+    #: fsaverage level the subjects' voxel maps are projected to before storage (LeBel
+    #: 2023 with surfaces; ``rois.space``), or None when the data are stored as they are
+    projection: str | None = None
 
     @property
     def store_path(self) -> Path:
@@ -272,20 +276,30 @@ def make_plan(config: RunConfig | str | Path | dict) -> Plan:
     names = {sp.name for sp in spaces.values()}
     if len(names) > 1 and any(sp.is_surface for sp in spaces.values()):
         raise ValidationError(f"dataset.subjects: subjects are in different spaces {sorted(names)}")
-    n_targets = max(sp.n_targets for sp in spaces.values())
     first = spaces[subjects[0]]
-    hemi = first.hemi() if first.is_surface else np.full(n_targets, "", dtype="<U1")
+    projection = _projection(cfg, ds, subjects, spaces)
+    space = projection or first.name
+    if projection:
+        n_targets = 2 * FSAVERAGE_SIZES[projection]
+        hemi = Space.fsaverage(projection).hemi()
+    else:
+        n_targets = max(sp.n_targets for sp in spaces.values())
+        hemi = first.hemi() if first.is_surface else np.full(n_targets, "", dtype="<U1")
     checkpoints = resolve_checkpoints(cfg)
     n_layers = _n_layers(checkpoints[-1], cfg.model.trust_remote_code)
     layers = cfg.resolve_layers(n_layers)
     roi_names = ["whole_cortex"]
-    if _atlas_space(first.name):
-        atlas = rois.load_atlas(cfg.rois.atlas, space=first.name)
+    if _atlas_space(space):
+        atlas = rois.load_atlas(cfg.rois.atlas, space=space)
         roi_names = [atlas.names[k] for k in sorted(atlas.names) if k != 0]
+        if projection:  # the ROIs reach every subject's voxels (as run_checkpoint loads them; maps built, cached)
+            for s in subjects:
+                rois.load_atlas(cfg.rois.atlas, spaces[s])
     elif cfg.rois.atlas != "whole_cortex":
         raise ValidationError(
             f"rois.atlas: {cfg.rois.atlas!r} needs an fsaverage space, but the data are in {first.name!r}; "
-            "use 'whole_cortex' (the mean over all targets)"
+            "use 'whole_cortex' (the mean over all targets), or, for lebel2023, get the subjects' pycortex and "
+            "FreeSurfer files (`brainalign datasets check lebel2023 ROOT`) so the sweep can use fsaverage5"
         )
     return Plan(
         config=cfg,
@@ -294,11 +308,51 @@ def make_plan(config: RunConfig | str | Path | dict) -> Plan:
         n_layers=n_layers,
         subjects=subjects,
         n_targets=n_targets,
-        space=first.name,
+        space=space,
         hemi=hemi,
         rois=roi_names,
         settings_hash=config_hash(cfg),
+        projection=projection,
     )
+
+
+def _projection(cfg: RunConfig, ds, subjects: list[str], spaces: dict) -> str | None:
+    """The fsaverage level to project the subjects' voxel maps to (``rois.space``), or None.
+
+    ``auto``: fsaverage5 when the subjects are LeBel 2023 volumes with their surfaces
+    (:class:`~brainalign.surfaces.subject.SubjectSpace`), None for other data. A subject
+    that cannot be projected (UTS09 has no FreeSurfer folder, so no sphere.reg) is an
+    error naming it and what it lacks, never a silent fallback.
+    """
+    from ..surfaces.subject import SubjectSpace
+
+    want = cfg.rois.space
+    first = spaces[subjects[0]]
+    if first.is_surface:
+        if want not in ("auto", "native", first.name):
+            raise ValidationError(f"rois.space: {want!r}, but the data are already on {first.name}; use auto")
+        return None
+    if want == "native" or (want == "auto" and not any(isinstance(spaces[s], SubjectSpace) for s in subjects)):
+        return None
+    level = "fsaverage5" if want == "auto" else want
+    bad = {s: _no_projection(ds, s, spaces[s]) for s in subjects
+           if not (isinstance(spaces[s], SubjectSpace) and spaces[s].can_project)}
+    if bad:
+        why = "; ".join(f"{s}: {reason}" for s, reason in bad.items())
+        raise ValidationError(
+            f"rois.space: {want} puts every subject's maps on {level}, but subject(s) {', '.join(bad)} cannot be "
+            f"projected there ({why}). Leave them out of dataset.subjects, or set rois.space: native (each subject's "
+            "own voxels, whole_cortex only, no flatmaps)"
+        )
+    return level
+
+
+def _no_projection(ds, subject: str, space) -> str:
+    """Why ``subject`` cannot be projected to fsaverage, in words."""
+    if getattr(space, "no_sphere", ""):
+        return space.no_sphere
+    note = (ds.info.get("surfaces") or {}).get(subject) if isinstance(ds.info, dict) else None
+    return note or f"its space {space.name!r} has no surfaces"
 
 
 # -- one task ----------------------------------------------------------------------
@@ -395,7 +449,9 @@ def run_checkpoint(plan: Plan, index: int, progress: bool = False) -> dict:
         trust_remote_code=cfg.model.trust_remote_code,
         progress=progress,
     )
-    if _atlas_space(plan.space):
+    if plan.projection:  # the atlas is carried to each subject's voxels (rois.load_atlas on its SubjectSpace)
+        atlas = cfg.rois.atlas
+    elif _atlas_space(plan.space):
         atlas = rois.load_atlas(cfg.rois.atlas, space=plan.space)
     else:  # no atlas for this space: all targets
         atlas = whole_targets(plan.n_targets, plan.space)
@@ -412,16 +468,21 @@ def run_checkpoint(plan: Plan, index: int, progress: bool = False) -> dict:
         stats=cfg.stats.test != "none",
         stats_test="sign" if cfg.stats.test == "none" else cfg.stats.test,
         n_permutations=cfg.stats.permutations,
-        block_length=cfg.stats.block_size,
-        fdr_q=cfg.stats.fdr,
+        block_size=cfg.stats.block_size,
+        fdr=cfg.stats.fdr,
         progress=progress,
         rois=atlas,
         n_boot=BOOTSTRAP["n_boot"],
         boot_block_length=BOOTSTRAP["block_length"],
         random_state=BOOTSTRAP["seed"],
     )
-    agg = rois.aggregate(res, atlas=atlas, how=cfg.rois.how)
+    agg = rois.aggregate(res, atlas=atlas, how=cfg.rois.how, dataset=ds if plan.projection else None)
     roi = agg["fraction_significant" if cfg.rois.how == "fraction_significant" else "score"]
+    if plan.projection:  # ROI scores were taken on the voxels; the maps go to fsaverage
+        from ..surfaces import project
+
+        res = project(res, ds, to=plan.projection,
+                      variables=[v for v, (dims, _) in _variables(plan).items() if dims[-1] == "target" and v in res])
     region = _region(plan, res, roi, fs, roi_cv=agg["cv_score"])
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -515,6 +576,10 @@ def _ceilings(plan: Plan) -> dict:
         c = dataset_ceiling(ds, s, ds.test_stories_of(s))  # make_plan checked each has test stories
         if c is None:
             return {}
+        if plan.projection:
+            from ..surfaces import project_array
+
+            c = project_array(c, ds.space(s), plan.projection)
         out[i, : c.size] = c
     return {"ceiling": (("subject", "target"), out)}
 
@@ -591,7 +656,38 @@ def _create_store(plan: Plan, store: ResultsStore, force: bool) -> None:
         "layer_rule": "cv",
         **_provenance(plan),
     }
+    note = _dataset(cfg).info.get("ceiling")
+    if isinstance(note, str):
+        attrs["ceiling_note"] = note
+    if plan.projection:
+        attrs["projection"] = _projection_attrs(plan)
     store.create(coords, _variables(plan), attrs=attrs, layout_key=plan.layout_key(), force=force, data=_ceilings(plan))
+
+
+def _projection_attrs(plan: Plan) -> dict:
+    """How the store's maps came to fsaverage, and from which files (store attribute ``projection``)."""
+    from ..surfaces.project import describe
+    from ..surfaces.subject import MAPPER_VERSION
+
+    ds = _dataset(plan.config)
+    subjects = {}
+    for s in plan.subjects:
+        sp = ds.space(s)
+        subjects[s] = {"n_voxels": sp.n_targets, "mask": sp.mask_file, "transform": sp.xfm_file,
+                       "reference": sp.reference, "surfaces": [*sp.surfaces["wm"], *sp.surfaces["pia"]],
+                       "sphere_reg": list(sp.spheres)}
+    return {
+        "to": plan.projection,
+        "from": "each subject's voxels (the columns of its responses)",
+        "maps": describe(plan.projection),
+        "rois": ("ROI scores (roi_score, roi_cv_score, roi_boot, roi_null) are taken on each subject's voxels before "
+                 f"projection: the {plan.config.rois.atlas!r} atlas carried from fsaverage5 to the voxels through the "
+                 "same map (each voxel in the ROI that carries most of its weight), so the ROI scores, their bootstrap "
+                 "and their sign test use the same voxels; a mean of the projected score over an ROI's vertices "
+                 "weighs voxels by how many vertices they reach and can differ a little"),
+        "mapper_version": MAPPER_VERSION,
+        "subjects": subjects,
+    }
 
 
 def _reuse_store(plan: Plan, store: ResultsStore, force: bool) -> None:
