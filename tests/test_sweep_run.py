@@ -215,3 +215,38 @@ def test_adding_checkpoints_extends_the_sweep(tmp_path, tiny_run):
     assert list(res.checkpoint.values) == ["checkpoint-0", "checkpoint-3", "checkpoint-30"]  # training order
     fresh = run(_config(tmp_path, tiny_run.out_dir, store="fresh.zarr", model=three), progress=False)
     xr.testing.assert_identical(_values(grown.path), _values(fresh.path))
+
+
+# -- issue 15: the features: section reaches features.extract; word_reduction renamed ---------------------
+def test_word_reduction_is_read_as_word_state_with_a_warning_and_the_same_hash():
+    from brainalign.sweep.config import config_hash, load_config, settings
+
+    base = {"dataset": {"name": "simulated"}, "model": {"name": "gpt2"}}
+    with pytest.warns(DeprecationWarning, match="word_reduction is deprecated; use features.word_state"):
+        old = load_config({**base, "features": {"word_reduction": "mean"}})
+    new = load_config({**base, "features": {"word_state": "mean"}})
+    assert old.features.word_state == new.features.word_state == "mean"
+    # the hashes the configs had before the rename (stores made then are reused, not refused or re-keyed)
+    assert config_hash(old) == config_hash(new) == "6f56809f169c2a37"
+    assert config_hash(load_config(base)) == config_hash(load_config({**base, "features": {"float16": False}})) \
+        == "368d900be32088da"
+    assert settings(load_config(base))["features"] == {"context_tokens": 512, "batch_size": 8, "device": "auto",
+                                                       "dtype": "auto", "word_reduction": "last", "cache": True,
+                                                       "float16": False}
+    # float16 now changes the cached features, so a float16 store made before has another hash
+    assert config_hash(load_config({**base, "features": {"float16": True}})) != "ed3946de1c19f37e"
+    with pytest.raises(ValidationError, match="word_reduction .* and word_state .* disagree"):
+        load_config({**base, "features": {"word_reduction": "mean", "word_state": "last"}})
+
+
+def test_features_float16_reaches_the_feature_cache(tmp_path, tiny_run):
+    from brainalign.config import cache_dir
+
+    revs = {"revisions": ["checkpoint-30"]}
+    run(_config(tmp_path, tiny_run.out_dir, store="f16.zarr", model=revs, features={"float16": True}), progress=False)
+    f16 = {np.load(p, mmap_mode="r").dtype for p in (cache_dir() / "features").rglob("L*.npy")}
+    assert f16 == {np.dtype("float16")}
+    run(_config(tmp_path, tiny_run.out_dir, store="f32.zarr", model=revs), progress=False)
+    # float16: false (the default) wants float32 features: the float16 layers are computed again
+    f32 = {np.load(p, mmap_mode="r").dtype for p in (cache_dir() / "features").rglob("L*.npy")}
+    assert f32 == {np.dtype("float32")}

@@ -584,8 +584,7 @@ def internal_state_curves(path: str | Path, max_words: int = 1500, trust_remote_
         feats = {}
         for c in ckpts:
             feats[c.label] = features.extract(
-                ds, model=c.model, revision=c.revision, layers=plan.layers, context_tokens=f.context_tokens,
-                batch_size=f.batch_size, device=f.device, dtype=f.dtype, cache=f.cache, word_state=f.word_reduction,
+                ds, model=c.model, revision=c.revision, layers=plan.layers, **f.extract_options(),
                 trust_remote_code=plan.config.model.trust_remote_code, progress=False,
                 training={"step": None if np.isnan(c.step) else c.step, "tokens": None if np.isnan(c.tokens) else c.tokens},
             )

@@ -76,9 +76,32 @@ class FeatureConfig(StrictModel):
     batch_size: int = Field(8, gt=0)
     device: str = "auto"
     dtype: str = "auto"
-    word_reduction: Literal["last", "mean"] = "last"
+    #: how a word's tokens make its state: the last token's hidden state, or their mean
+    word_state: Literal["last", "mean"] = "last"
     cache: bool = True
+    #: store the cached features in float16 (``features.extract(cache_dtype="float16")``)
     float16: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _before_word_state(cls, v: Any) -> Any:
+        """Configs from before ``features.word_state`` said ``word_reduction``."""
+        if isinstance(v, dict) and "word_reduction" in v:
+            v = dict(v)
+            old = v.pop("word_reduction")
+            if "word_state" in v and v["word_state"] != old:
+                raise ValueError(f"word_reduction ({old!r}) and word_state ({v['word_state']!r}) disagree; give word_state")
+            v["word_state"] = old
+            warnings.warn("features.word_reduction is deprecated; use features.word_state", DeprecationWarning,
+                          stacklevel=2)
+        return v
+
+    def extract_options(self) -> dict[str, Any]:
+        """This section as :func:`brainalign.features.extract` keyword arguments
+        (through :func:`brainalign.features.extract_options`: ``float16`` -> ``cache_dtype``)."""
+        from ..features import extract_options
+
+        return extract_options(self.model_dump())
 
     @field_validator("device")
     @classmethod
@@ -279,6 +302,12 @@ def settings(cfg: RunConfig) -> dict:
     sub["stats"] = cfg.stats.effective()
     if sub["rois"].get("space") == "auto":  # the default: stores made before rois.space keep their hash
         sub["rois"].pop("space")
+    # features.word_state was called word_reduction: stores made before the rename keep their hash
+    sub["features"] = {("word_reduction" if k == "word_state" else k): v for k, v in sub["features"].items()}
+    if sub["features"].get("float16"):
+        # float16 reaches the feature cache since it was renamed here: a store made before (whose features were
+        # float32 whatever it said) does not share this hash
+        sub["features"]["cache_dtype"] = "float16"
     return sub
 
 
@@ -295,5 +324,9 @@ def settings_diff(old: RunConfig, new: RunConfig) -> list[str]:
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
         return out
 
-    a, b = flat(settings(old)), flat(settings(new))
+    def named(d: dict) -> dict:  # the config's names, not the hash's
+        return {("features.word_state" if k == "features.word_reduction" else k): v for k, v in d.items()
+                if k != "features.cache_dtype"}
+
+    a, b = named(flat(settings(old))), named(flat(settings(new)))
     return [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

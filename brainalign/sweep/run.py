@@ -433,18 +433,12 @@ def run_checkpoint(plan: Plan, index: int, progress: bool = False) -> dict:
         return {"label": ckpt.label, "skipped": True}
     t0, started = time.perf_counter(), datetime.now(timezone.utc).isoformat()
     ds = _dataset(cfg)
-    f = cfg.features
     fs = features.extract(
         ds,
         model=ckpt.model,
         revision=ckpt.revision,
         layers=plan.layers,
-        context_tokens=f.context_tokens,
-        batch_size=f.batch_size,
-        device=f.device,
-        dtype=f.dtype,
-        cache=f.cache,
-        word_state=f.word_reduction,
+        **cfg.features.extract_options(),
         training={"step": None if np.isnan(ckpt.step) else ckpt.step, "tokens": None if np.isnan(ckpt.tokens) else ckpt.tokens},
         trust_remote_code=cfg.model.trust_remote_code,
         progress=progress,
@@ -654,6 +648,7 @@ def _create_store(plan: Plan, store: ResultsStore, force: bool) -> None:
                       "over": "test-story TR blocks (within stories), resampled with replacement; "
                               "the same draws at every checkpoint and layer"},
         "layer_rule": "cv",
+        "feature_cache_dtype": cfg.features.extract_options()["cache_dtype"],
         **_provenance(plan),
     }
     note = _dataset(cfg).info.get("ceiling")
@@ -706,6 +701,11 @@ def _reuse_store(plan: Plan, store: ResultsStore, force: bool) -> None:
             old = load_config(json.loads(stored) if isinstance(stored, str) else stored)
     except (ValidationError, ValueError):
         old = None
+    if old is not None and old.features.float16 and store.open().attrs.get("feature_cache_dtype") != "float16":
+        raise IncompatibleStoreError(
+            f"results store {store.path} says features.float16: true but was made by a version that cached the "
+            "features in float32 anyway; this version stores them in float16, so the checkpoints would differ. Use "
+            "another output store, or --force to discard it and start over")
     if old is not None and config_hash(old) == plan.settings_hash:
         store.rehash(store.layout()["hash"], plan.settings_hash)
         log.info("results store %s: re-keyed to this version's settings hash (same settings)", store.path)
