@@ -250,3 +250,23 @@ def test_features_float16_reaches_the_feature_cache(tmp_path, tiny_run):
     # float16: false (the default) wants float32 features: the float16 layers are computed again
     f32 = {np.load(p, mmap_mode="r").dtype for p in (cache_dir() / "features").rglob("L*.npy")}
     assert f32 == {np.dtype("float32")}
+
+
+@pytest.mark.parametrize("test", ["sign", "none"])
+def test_store_variables_and_layout_key_are_those_of_before_the_registry(tmp_path, tiny_run, test):
+    """The store's variables come from encoding.SCORE_VARIABLES now; a store made before is still reused."""
+    from brainalign.sweep.run import _variables
+
+    full, roi = ("checkpoint", "layer", "subject", "target"), ("checkpoint", "layer", "subject", "roi")
+    expected = {  # what _variables listed by hand before it was read from the registry
+        "score": (full, "float32"), "r2": (full, "float32"), "alpha": (full, "float32"),
+        "cv_score": (full, "float32"), "roi_score": (roi, "float32"), "roi_cv_score": (roi, "float32"),
+        "roi_boot": ((*roi, "boot"), "float32"), "roi_null": ((*roi, "term"), "float32"),
+        "feature_norm": (("checkpoint", "layer"), "float32"), "lm_loss": (("checkpoint",), "float32"),
+        "task_seconds": (("checkpoint",), "float32"), "task_peak_rss_mb": (("checkpoint",), "float32"),
+    }
+    if test != "none":
+        expected.update(pvalue=(full, "float32"), significant=(full, "bool"))
+    plan = make_plan(_config(tmp_path, tiny_run.out_dir, stats={"test": test}))
+    assert _variables(plan) == expected
+    assert plan.layout_key()["variables"] == {k: list(dims) for k, (dims, _) in sorted(expected.items())}

@@ -356,26 +356,28 @@ def _no_projection(ds, subject: str, space) -> str:
 
 
 # -- one task ----------------------------------------------------------------------
+#: variables only a sweep stores, beside :func:`brainalign.encoding.fit`'s (name -> (dims, dtype))
+SWEEP_VARIABLES: dict[str, tuple[tuple[str, ...], str]] = {
+    "roi_cv_score": (("checkpoint", "layer", "subject", "roi"), "float32"),  # ROI mean of cv_score (layer choice)
+    "feature_norm": (("checkpoint", "layer"), "float32"),
+    "lm_loss": (("checkpoint",), "float32"),
+    "task_seconds": (("checkpoint",), "float32"),
+    "task_peak_rss_mb": (("checkpoint",), "float32"),
+}
+
+
 def _variables(plan: Plan) -> dict[str, tuple[tuple[str, ...], str]]:
-    full = ("checkpoint", "layer", "subject", "target")
-    v = {
-        "score": (full, "float32"),
-        "r2": (full, "float32"),
-        "alpha": (full, "float32"),
-        "cv_score": (full, "float32"),
-        "roi_score": (("checkpoint", "layer", "subject", "roi"), "float32"),
-        "roi_cv_score": (("checkpoint", "layer", "subject", "roi"), "float32"),
-        "roi_boot": (("checkpoint", "layer", "subject", "roi", "boot"), "float32"),
-        "roi_null": (("checkpoint", "layer", "subject", "roi", "term"), "float32"),
-        "feature_norm": (("checkpoint", "layer"), "float32"),
-        "lm_loss": (("checkpoint",), "float32"),
-        "task_seconds": (("checkpoint",), "float32"),
-        "task_peak_rss_mb": (("checkpoint",), "float32"),
-    }
-    if plan.config.stats.test != "none":
-        v["pvalue"] = (full, "float32")
-        v["significant"] = (full, "bool")
-    return v
+    """The store's per-checkpoint variables: name -> (dims, dtype).
+
+    :data:`brainalign.encoding.SCORE_VARIABLES` of the fit a task runs (with ROIs, and
+    with significance unless ``stats.test`` is ``none``), ``checkpoint`` prepended, then
+    :data:`SWEEP_VARIABLES`. The noise ceiling is not a per-checkpoint variable (written
+    once at creation) and ``score_normalised`` is not stored (score / ceiling).
+    """
+    from ..encoding.variables import fit_variables
+
+    fitted = fit_variables(stats=plan.config.stats.test != "none", rois=True, ceiling=False)
+    return {**{name: (("checkpoint", *v.dims), v.dtype) for name, v in fitted.items()}, **SWEEP_VARIABLES}
 
 
 def _roi_array(plan: Plan, roi: xr.DataArray, extra: tuple[str, ...] = ()) -> np.ndarray:
