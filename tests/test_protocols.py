@@ -110,8 +110,12 @@ def test_compare_tells_a_better_model_and_not_an_equal_one(tmp_path, tiny_model)
     assert best.difference > 0 and best.lo > 0 and best.p < 0.05
     np.testing.assert_allclose(best.difference, b["best"]["whole_cortex"]["score"] - a["best"]["whole_cortex"]["score"],
                                atol=1e-6)
-    same = compare(tmp_path / "tiny", tmp_path / "tiny")
+    # the same model scored again in another folder: identical numbers, no difference
+    score(str(tiny_model.out_dir), protocol=proto, out=tmp_path / "tiny-again", baseline=False, progress=False)
+    same = compare(tmp_path / "tiny", tmp_path / "tiny-again")
     assert (same.difference == 0).all() and (same.p == 1).all()
+    # (the level of these paired differences between models of equal true score is
+    # checked in tests/test_roi_inference.py::test_paired_differences_hold_their_level)
     register_protocol(SMALL)
     other = score(str(tiny_model.out_dir), protocol="simulated-small-v1", out=tmp_path / "small", baseline=False,
                   progress=False)
