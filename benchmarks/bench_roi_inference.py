@@ -45,22 +45,28 @@ def _fit_case():
     return ds, wf
 
 
-def bench_fit(repeats: int) -> dict:
+def fit_side_by_side(ds, wf, repeats: int, with_options: dict) -> dict:
+    """``encoding.fit`` without and with ``with_options``, interleaved; median CPU seconds."""
     from brainalign.encoding import fit
 
-    ds, wf = _fit_case()
     n_test = sum(ds.stories[s].n_trs for s in ds.test_stories)
     fit(wf, ds, backend="numpy", progress=False, layers=[0])  # warm-up (responses cached, imports)
     times = {"without": [], "with": []}
     for _ in range(repeats):
-        for key, kw in (("without", {}), ("with", {"rois": "whole_cortex"})):
+        for key, kw in (("without", {}), ("with", with_options)):
             t0 = time.process_time()
             fit(wf, ds, backend="numpy", progress=False, **kw)
             times[key].append(time.process_time() - t0)
     med = {k: float(np.median(v)) for k, v in times.items()}
-    return {"case": f"encoding.fit, fsaverage5 (20,484 targets), 3 layers x 256 features, 1 subject, {n_test} test TRs",
+    n_targets = ds.space(ds.subjects[0]).n_targets
+    return {"case": f"encoding.fit, {n_targets:,} targets, 3 layers x 256 features, 1 subject, {n_test} test TRs, "
+                    f"with {with_options}",
             "seconds_without": med["without"], "seconds_with": med["with"], "ratio": med["with"] / med["without"],
             "runs": times}
+
+
+def bench_fit(repeats: int) -> dict:
+    return fit_side_by_side(*_fit_case(), repeats, {"rois": "whole_cortex"})
 
 
 def bench_arrays(repeats: int, n=3000, p=1000, t=5000, n_test=300) -> dict:

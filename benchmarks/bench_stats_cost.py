@@ -44,21 +44,9 @@ def _fit_case():
 
 
 def bench_fit(repeats: int) -> dict:
-    from brainalign.encoding import fit
+    from bench_roi_inference import fit_side_by_side
 
-    ds, wf = _fit_case()
-    n_test = sum(ds.stories[s].n_trs for s in ds.test_stories)
-    fit(wf, ds, backend="numpy", progress=False, layers=[0])  # warm-up (responses cached, imports)
-    times = {"without": [], "with": []}
-    for _ in range(repeats):
-        for key, kw in (("without", {}), ("with", {"stats": True, "rois": "language"})):
-            t0 = time.process_time()
-            fit(wf, ds, backend="numpy", progress=False, **kw)
-            times[key].append(time.process_time() - t0)
-    med = {k: float(np.median(v)) for k, v in times.items()}
-    return {"case": f"encoding.fit, fsaverage5 (20,484 targets), 3 layers x 256 features, 1 subject, {n_test} test TRs",
-            "seconds_without": med["without"], "seconds_with": med["with"], "ratio": med["with"] / med["without"],
-            "runs": times}
+    return fit_side_by_side(*_fit_case(), repeats, {"stats": True, "rois": "language"})
 
 
 def _statistics(yt, pred, lengths, labels, codes) -> dict:
