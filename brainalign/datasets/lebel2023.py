@@ -459,13 +459,7 @@ def check(root: str | os.PathLike, subjects: Sequence[str] | None = None, surfac
     pointers: list[str] = []
 
     def look(p: Path) -> None:
-        rel = str(p.relative_to(root))
-        if is_annex_pointer(p):
-            pointers.append(rel)
-        elif p.exists():
-            present.append(rel)
-        else:
-            missing.append(rel)
+        _sort_file(root, p, present, missing, pointers)
 
     look(root / DERIV / "respdict.json")
     base = root / DERIV / "preprocessed_data"
@@ -496,6 +490,18 @@ def check(root: str | os.PathLike, subjects: Sequence[str] | None = None, surfac
     return out
 
 
+def _sort_file(root: Path, p: Path, present: list[str], missing: list[str], pointers: list[str]) -> None:
+    """Append ``p`` (relative to ``root``) to the list it belongs to: a git-annex pointer
+    (not downloaded), a file that is there, or a missing one."""
+    rel = str(p.relative_to(root))
+    if is_annex_pointer(p):
+        pointers.append(rel)
+    elif p.exists():
+        present.append(rel)
+    else:
+        missing.append(rel)
+
+
 def _check_surfaces(root: Path, subjects: Sequence[str]) -> dict[str, Any]:
     present: list[str] = []
     missing: list[str] = []
@@ -504,13 +510,7 @@ def _check_surfaces(root: Path, subjects: Sequence[str]) -> dict[str, Any]:
     for s in subjects:
         files = surface_files(root, s)
         for rel in files["pycortex"] + files["freesurfer"]:
-            p = root / rel
-            if is_annex_pointer(p):
-                pointers.append(rel)
-            elif p.exists():
-                present.append(rel)
-            else:
-                missing.append(rel)
+            _sort_file(root, root / rel, present, missing, pointers)
         if not files["freesurfer"]:
             notes.append(f"{s} has no FreeSurfer folder in ds003020 (only {FREESURFER_SUBJECTS[0]}-"
                          f"{FREESURFER_SUBJECTS[-1]} have one): its maps on its own surface and flatmap work, "
