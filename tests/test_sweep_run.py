@@ -270,3 +270,34 @@ def test_store_variables_and_layout_key_are_those_of_before_the_registry(tmp_pat
     plan = make_plan(_config(tmp_path, tiny_run.out_dir, stats={"test": test}))
     assert _variables(plan) == expected
     assert plan.layout_key()["variables"] == {k: list(dims) for k, (dims, _) in sorted(expected.items())}
+
+
+def test_a_toy_executor_added_through_the_registry_equals_local(tmp_path, tiny_run, capsys):
+    """One register_executor call: the config, run(executor=) and the CLI accept it, and it runs the sweep."""
+    from brainalign.cli import main
+    from brainalign.sweep import EXECUTORS, register_executor, run_checkpoint
+
+    order = []
+
+    def backwards(plan, todo, *, progress, workers):
+        order.extend(plan.checkpoints[i].label for i in reversed(todo))
+        return [run_checkpoint(plan, i) for i in reversed(todo)]
+
+    revs = {"revisions": ["checkpoint-0", "checkpoint-3", "checkpoint-30"]}
+    with pytest.raises(ValidationError, match=r"executor='backwards': Input should be 'local', 'dask' or 'slurm'"):
+        run(_config(tmp_path, tiny_run.out_dir, store="none.zarr", model=revs), executor="backwards")
+    register_executor("backwards", backwards, describe=lambda ex: "in this process, last checkpoint first")
+    try:
+        toy = run(_config(tmp_path, tiny_run.out_dir, store="toy.zarr", model=revs, executor={"kind": "backwards"}),
+                  progress=False)
+        assert order == ["checkpoint-30", "checkpoint-3", "checkpoint-0"]
+        local = run(_config(tmp_path, tiny_run.out_dir, store="local.zarr", model=revs), executor="local", progress=False)
+        xr.testing.assert_identical(_values(toy.path), _values(local.path))
+        path = tmp_path / "run.yaml"
+        path.write_text(yaml.safe_dump(_config(tmp_path, tiny_run.out_dir, store="dry.zarr", model=revs)))
+        assert main(["run", str(path), "--dry-run", "--executor", "backwards"]) == 0
+        assert "executor: backwards (in this process, last checkpoint first)" in capsys.readouterr().out
+    finally:
+        EXECUTORS.pop("backwards")
+    with pytest.raises(SystemExit):  # gone from the CLI's choices with the registry entry
+        main(["run", str(path), "--dry-run", "--executor", "backwards"])

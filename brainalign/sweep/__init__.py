@@ -1,6 +1,7 @@
 """Sweeps over checkpoints x layers x subjects: config, plan, resumable store, executors."""
 
 from .config import RunConfig, config_hash, load_config
+from .executors import EXECUTORS, Executor, register_executor
 from .run import Checkpoint, Plan, Sweep, make_plan, resolve_checkpoints, run, run_checkpoint
 from .store import IncompatibleStoreError, ResultsStore
 
@@ -16,5 +17,8 @@ __all__ = [
     "run",
     "run_checkpoint",
     "ResultsStore",
+    "EXECUTORS",
+    "Executor",
+    "register_executor",
     "IncompatibleStoreError",
 ]

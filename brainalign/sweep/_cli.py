@@ -31,13 +31,15 @@ def finite_float(text: str) -> float:
 
 def _dry_run(args: argparse.Namespace) -> int:
     """Validate the config and print what ``brainalign run`` would do, without doing it."""
-    from .config import check_slurm_available, load_config
-    from .run import make_plan, slurm_cluster
+    from .config import load_config
+    from .executors import executor
+    from .run import make_plan
     from .store import ResultsStore
 
     cfg = load_config(args.config).with_executor(args.executor, args.workers)
-    if cfg.executor.kind == "slurm":
-        check_slurm_available()
+    chosen = executor(cfg.executor.kind)
+    if chosen.check is not None:
+        chosen.check()
     plan = make_plan(cfg)
     store = ResultsStore(plan.store_path)
     store.check_target()  # a foreign folder or a read-only one is refused, as the run would
@@ -58,15 +60,9 @@ def _dry_run(args: argparse.Namespace) -> int:
     print(f"subjects ({len(plan.subjects)}): {', '.join(plan.subjects)}")
     print(f"targets: {plan.n_targets} in {plan.space}; ROIs: {', '.join(plan.rois)}")
     ex = cfg.executor
-    workers = {"local": "in this process", "dask": f"{ex.workers} Dask workers", "slurm": f"{ex.slurm.jobs} SLURM jobs"}
-    print(f"executor: {ex.kind} ({workers[ex.kind]})")
-    if ex.kind == "slurm":
-        cluster = slurm_cluster(ex)  # starts a Dask scheduler here, submits nothing
-        try:
-            print("SLURM job script:")
-            print(cluster.job_script())
-        finally:
-            cluster.close()
+    print(f"executor: {ex.kind}" + (f" ({chosen.describe(ex)})" if chosen.describe is not None else ""))
+    if chosen.dry_run is not None:
+        print(chosen.dry_run(ex))
     print("dry run: nothing was computed or written")
     return 0
 
@@ -107,7 +103,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run or resume a sweep from a YAML config")
     p.add_argument("config", help="run config (YAML)")
     p.add_argument("--force", action="store_true", help="discard a store made with other settings and start over")
-    p.add_argument("--executor", choices=["local", "dask", "slurm"], help="override executor.kind")
+    from .executors import EXECUTORS
+
+    p.add_argument("--executor", choices=list(EXECUTORS), help="override executor.kind")
     p.add_argument("--workers", type=positive_int, help="number of Dask workers (or SLURM jobs)")
     p.add_argument("--report", help="where to write the HTML report (default: next to the store)")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML report")

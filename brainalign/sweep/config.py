@@ -30,6 +30,7 @@ from typing import Any, Literal, Union
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import PydanticCustomError
 
 from .._yaml import StrictModel, read_yaml_model
 from ..errors import ValidationError
@@ -200,9 +201,21 @@ class SlurmConfig(StrictModel):
 
 
 class ExecutorConfig(StrictModel):
-    kind: Literal["local", "dask", "slurm"] = "local"
+    #: a name registered in :data:`brainalign.sweep.executors.EXECUTORS` (built in: local, dask, slurm)
+    kind: str = "local"
     workers: int = Field(2, gt=0)
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from .executors import EXECUTORS
+
+        if v not in EXECUTORS:
+            names = [repr(n) for n in EXECUTORS]
+            expected = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+        return v
 
 
 class RunConfig(StrictModel):

@@ -30,7 +30,8 @@ from ..encoding.bootstrap import DEFAULT_BLOCK_LENGTH, DEFAULT_N_BOOT
 from ..encoding.stats import MIN_PERMUTATION_BLOCKS
 from ..errors import ValidationError
 from ..stimulus import FSAVERAGE_SIZES, Space
-from .config import RunConfig, check_slurm_available, config_hash, load_config, settings_diff
+from .config import RunConfig, config_hash, load_config, settings_diff
+from . import executors as _executors
 from .store import IncompatibleStoreError, ResultsStore
 
 log = logging.getLogger(__name__)
@@ -497,69 +498,8 @@ def run_checkpoint(plan: Plan, index: int, progress: bool = False) -> dict:
     return {"label": ckpt.label, "skipped": False, **prov}
 
 
-# -- executors -----------------------------------------------------------------------
-def _run_local(plan: Plan, todo: list[int], progress: bool) -> list[dict]:
-    from tqdm.auto import tqdm
-
-    out = []
-    for i in tqdm(todo, desc="checkpoints", unit="ckpt", disable=not progress):
-        out.append(run_checkpoint(plan, i))
-    return out
-
-
-def _run_dask(plan: Plan, todo: list[int], progress: bool, client=None, cluster=None) -> list[dict]:
-    from distributed import Client, as_completed
-    from tqdm.auto import tqdm
-
-    own = client is None
-    if own:
-        client = Client(cluster)
-    try:
-        gpu = plan.config.executor.slurm.gpus > 0 and plan.config.executor.kind == "slurm"
-        resources = {"GPU": 1} if gpu else None
-        futures = [client.submit(run_checkpoint, plan, i, key=f"checkpoint-{plan.checkpoints[i].label}-{plan.settings_hash}", resources=resources, pure=False) for i in todo]
-        out = []
-        for fut in tqdm(as_completed(futures), total=len(futures), desc="checkpoints", unit="ckpt", disable=not progress):
-            out.append(fut.result())
-        return out
-    finally:
-        if own:
-            client.close()
-
-
-def slurm_cluster(executor) -> Any:
-    """A dask-jobqueue ``SLURMCluster`` from ``executor.slurm`` settings (not yet scaled).
-
-    One worker process per job; with GPUs, each job asks for them (``--gres``) and its
-    worker offers one ``GPU`` resource, so each worker runs one GPU task at a time.
-    """
-    try:
-        from dask_jobqueue import SLURMCluster
-    except ImportError as exc:  # pragma: no cover
-        raise ValidationError("executor.kind: slurm needs dask-jobqueue: pip install 'brainalign[dask]'") from exc
-    s = executor.slurm
-    extra = list(s.job_extra_directives)
-    worker_args: list[str] = []
-    if s.gpus:
-        extra.append(f"--gres=gpu:{s.gpus}")
-        worker_args = ["--resources", "GPU=1"]
-    return SLURMCluster(
-        queue=s.queue, cores=s.cores, memory=s.memory, walltime=s.walltime, processes=1,
-        job_extra_directives=extra, worker_extra_args=worker_args, scheduler_options=dict(s.scheduler_options),
-    )
-
-
-def _cluster(plan: Plan, workers: int | None):
-    ex = plan.config.executor
-    if ex.kind == "dask":
-        from distributed import LocalCluster
-
-        return LocalCluster(n_workers=workers or ex.workers, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1")
-    if ex.kind == "slurm":
-        cluster = slurm_cluster(ex)
-        cluster.scale(jobs=workers or ex.slurm.jobs)
-        return cluster
-    return None
+# -- executors (brainalign.sweep.executors) -------------------------------------------
+slurm_cluster = _executors.slurm_cluster  # the old home of slurm_cluster
 
 
 def _ceilings(plan: Plan) -> dict:
@@ -743,30 +683,26 @@ def run(
     ----------
     config : a :class:`RunConfig`, a YAML path or a dict.
     force : discard an existing store made with other settings and start over.
-    executor : ``"local"``, ``"dask"`` or ``"slurm"`` (overrides the config).
-    workers : number of Dask workers (overrides the config).
+    executor : a registered executor (``"local"``, ``"dask"``, ``"slurm"``, or one added with
+        :func:`brainalign.sweep.register_executor`); overrides the config.
+    workers : number of Dask workers or SLURM jobs (overrides the config).
     client : an existing ``distributed.Client`` to run on.
     """
     cfg = (config if isinstance(config, RunConfig) else load_config(config)).with_executor(executor, workers)
-    if cfg.executor.kind == "slurm" and client is None:
-        check_slurm_available()
+    chosen = _executors.executor(cfg.executor.kind)
+    if chosen.check is not None and client is None:
+        chosen.check()
     store = ResultsStore(Path(cfg.output.store).expanduser())
     with store.writer():
         plan = make_plan(cfg)
         _create_store(plan, store, force)
         todo = _todo(plan, store)
         log.info("%d of %d checkpoints to do", len(todo), len(plan.checkpoints))
-        if todo:
-            kind = cfg.executor.kind
-            if kind == "local" and client is None:
-                _run_local(plan, todo, progress)
-            else:
-                cluster = None if client is not None else _cluster(plan, workers)
-                try:
-                    _run_dask(plan, todo, progress, client=client, cluster=cluster)
-                finally:
-                    if cluster is not None:
-                        cluster.close()
+        if todo and client is not None:  # a Dask client given: the tasks run on it, whatever executor.kind says
+            _executors.run_on_client(plan, todo, progress=progress, client=client,
+                                     resources=_executors.gpu_resources(plan))
+        elif todo:
+            chosen.run(plan, todo, progress=progress, workers=workers)
         store.set_attrs(completed=datetime.now(timezone.utc).isoformat(), tasks=store.done_info())
     return Sweep(plan.store_path)
 
