@@ -213,3 +213,25 @@ def test_cli_flatmap_of_a_store_with_a_deleted_chunk_fails_and_names_it(sweep_st
     err = capsys.readouterr().err
     assert rc == 2 and f"chunk file(s) score/{chunk.name}" in err and "are missing" in err, err
     assert not (tmp_path / "map.png").exists()
+
+
+def test_report_and_flatmap_leave_matplotlib_as_they_found_it(tmp_path, sweep_store):
+    """No backend switch, no closing of the user's figures (issue 15)."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    before = matplotlib.get_backend()
+    plt.switch_backend("svg")  # a backend report() would have replaced with Agg
+    try:
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [1, 0])
+        open_before = plt.get_fignums()
+        report(sweep_store[0], tmp_path / "report.html", internal=False, movie=False)
+        last = str(Sweep(sweep_store[0]).results.checkpoint.values[-1])
+        flatmap_from_store(sweep_store[0], checkpoint=last, layer=1, out=tmp_path / "map.png")
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == open_before and fig.number in open_before  # the user's figure is open, none added
+        assert plt.gcf() is fig and len(ax.lines) == 1
+    finally:
+        plt.close(fig)
+        plt.switch_backend(before)

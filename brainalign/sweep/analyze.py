@@ -692,10 +692,8 @@ def flatmap_from_store(path, checkpoint: str, layer: int, subject: str | None = 
     else:
         s, who = s.mean("subject"), "subject mean"
     title = f"{checkpoint} ({_tokens_label(float(res.tokens.sel(checkpoint=checkpoint)))} tokens), layer {layer}, {who}"
-    fig = flatmap(s.values, space=res.attrs.get("space", "fsaverage5"), threshold=threshold, title=title, label="held-out r", out=out)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    # a pyplot-free Figure (brainalign.plotting): nothing to close, no global matplotlib state touched
+    flatmap(s.values, space=res.attrs.get("space", "fsaverage5"), threshold=threshold, title=title, label="held-out r", out=out)
     return Path(out)
 
 
@@ -707,12 +705,9 @@ def report(path: str | Path, out: str | Path = "report.html", figures_dir: str |
     ``figures_dir`` (as ``movie.gif``) or beside ``out`` (as ``<out stem>_movie.gif``);
     internal states are cached under ``cache_dir()/analysis``. Model code saved with a
     checkpoint runs only with ``trust_remote_code=True``, whatever the store's config says.
+    Matplotlib's backend and pyplot's open figures are left as they were: the figures are
+    pyplot-free ``Figure`` objects (:mod:`brainalign.plotting`), freed with the report.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from ..plotting import flatmap, flatmap_movie, plot_aligned_curves, plot_curves, plot_layer_heatmap
     from ..report import Section, json_block, write_report
 
@@ -879,5 +874,4 @@ def report(path: str | Path, out: str | Path = "report.html", figures_dir: str |
     ))
     out = write_report(out, f"brainalign: {res.attrs.get('model')} on {res.attrs.get('dataset')}", sections,
                        subtitle=f"results store {path}")
-    plt.close("all")
     return out
