@@ -108,9 +108,9 @@ def run_demo(out_dir: str | Path = "brainalign-demo", quick: bool = False) -> Pa
     cfg = demo_config(out, tr.out_dir, quick=quick)
     print("[1b] simulating fMRI responses driven by MiniLM layer 3 in planted regions", flush=True)
     from .sweep.config import load_config
-    from .sweep.run import _dataset
+    from .sweep.run import load_dataset
 
-    dataset = _dataset(load_config(cfg))  # the sweep below reuses this in-process
+    dataset = load_dataset(load_config(cfg))  # the sweep below reuses this in-process
     cfg["rois"]["atlas"] = str(write_ground_truth_atlas(dataset, out / "atlas"))
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     print(f"[2/4] sweep: {len(tr.checkpoints)} checkpoints x all layers x subjects (config: {out / 'config.yaml'})", flush=True)

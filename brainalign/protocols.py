@@ -165,9 +165,9 @@ def _card_numbers(res) -> dict:
 
 def _roi_ceiling(res) -> dict | None:
     """ROI-mean noise ceiling (subjects and targets; undefined CCmax counts as 0) where the store has ceilings."""
-    from .sweep.analyze import _roi_ceilings
+    from .sweep.analyze import roi_ceilings
 
-    return _roi_ceilings(res, res.attrs.get("config") or {}, res.attrs.get("space", ""))
+    return roi_ceilings(res, res.attrs.get("config") or {}, res.attrs.get("space", ""))
 
 
 def _summary(res, best: dict) -> dict:

@@ -1,5 +1,6 @@
 """End-to-end sweeps: resume after SIGKILL, Dask equals in-process, errors before work."""
 
+import importlib
 import os
 import signal
 import subprocess
@@ -301,3 +302,56 @@ def test_a_toy_executor_added_through_the_registry_equals_local(tmp_path, tiny_r
         EXECUTORS.pop("backwards")
     with pytest.raises(SystemExit):  # gone from the CLI's choices with the registry entry
         main(["run", str(path), "--dry-run", "--executor", "backwards"])
+
+
+def test_run_checkpoint_reads_the_plans_dataset_not_a_process_cache(tmp_path, tiny_run, monkeypatch):
+    import pickle
+
+    import brainalign.datasets
+    from brainalign.sweep import load_config, run_checkpoint
+    run_module = importlib.import_module("brainalign.sweep.run")
+
+    revs = {"revisions": ["checkpoint-30"]}
+    cfg = _config(tmp_path, tiny_run.out_dir, store="given.zarr", model=revs)
+    ds = run_module.load_dataset(load_config(cfg))
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the dataset was loaded again")
+
+    monkeypatch.setattr(run_module, "_DATASETS", {})  # an empty process cache, and no way to fill it
+    monkeypatch.setattr(brainalign.datasets, "load", no_loading)
+    plan = make_plan(cfg, dataset=ds)
+    assert plan.dataset() is ds
+    assert pickle.loads(pickle.dumps(plan)).loaded is None  # a Dask worker loads it itself
+    store = ResultsStore(plan.store_path)
+    with store.writer():
+        run_module._create_store(plan, store, force=False)
+        assert run_checkpoint(plan, 0)["skipped"] is False
+    monkeypatch.undo()
+    straight = run(_config(tmp_path, tiny_run.out_dir, store="straight.zarr", model=revs), progress=False)
+    xr.testing.assert_identical(_values(plan.store_path), _values(straight.path))
+
+
+def test_cli_run_writes_the_report_and_figures_where_output_says(tmp_path, monkeypatch, capsys):
+    from brainalign.cli import main
+    from brainalign.sweep import analyze
+    run_module = importlib.import_module("brainalign.sweep.run")
+
+    calls = {}
+    monkeypatch.setattr(run_module, "run", lambda config, **kw: Sweep(tmp_path / "results.zarr"))
+    monkeypatch.setattr(analyze, "report", lambda path, out, **kw: calls.setdefault("report", (Path(out), kw))[0])
+    cfg = {"dataset": {"name": "simulated"}, "model": {"name": "gpt2"},
+           "output": {"store": str(tmp_path / "results.zarr"), "report": str(tmp_path / "r" / "run.html"),
+                      "figures": str(tmp_path / "figs")}}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path)]) == 0
+    out, kw = calls.pop("report")
+    assert out == tmp_path / "r" / "run.html" and kw["figures_dir"] == tmp_path / "figs"
+    assert main(["run", str(path), "--report", str(tmp_path / "cli.html")]) == 0  # --report wins
+    assert calls.pop("report")[0] == tmp_path / "cli.html"
+    del cfg["output"]["report"], cfg["output"]["figures"]
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path)]) == 0  # the defaults: next to the store, no figure files
+    out, kw = calls.pop("report")
+    assert out == tmp_path / "results.html" and kw["figures_dir"] is None

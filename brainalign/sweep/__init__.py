@@ -2,7 +2,7 @@
 
 from .config import RunConfig, config_hash, load_config
 from .executors import EXECUTORS, Executor, register_executor
-from .run import Checkpoint, Plan, Sweep, make_plan, resolve_checkpoints, run, run_checkpoint
+from .run import Checkpoint, Plan, Sweep, load_dataset, make_plan, resolve_checkpoints, run, run_checkpoint
 from .store import IncompatibleStoreError, ResultsStore
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "Plan",
     "Sweep",
     "make_plan",
+    "load_dataset",
     "resolve_checkpoints",
     "run",
     "run_checkpoint",

@@ -77,9 +77,11 @@ def _run(args: argparse.Namespace) -> int:
     sweep = run(args.config, force=args.force, executor=args.executor, workers=args.workers)
     print(f"results: {sweep.path}")
     if not args.no_report:
+        cfg = load_config(args.config)
+        where = args.report or cfg.output.report or Path(sweep.path).with_suffix(".html")
+        figures = Path(cfg.output.figures).expanduser() if cfg.output.figures else None
         # the user's own config may grant remote code to the report of the run it just made
-        trust = load_config(args.config).model.trust_remote_code
-        out = report(sweep.path, args.report or Path(sweep.path).with_suffix(".html"), trust_remote_code=trust)
+        out = report(sweep.path, Path(where).expanduser(), figures_dir=figures, trust_remote_code=cfg.model.trust_remote_code)
         print(f"report: {out}")
     return 0
 
@@ -107,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p.add_argument("--executor", choices=list(EXECUTORS), help="override executor.kind")
     p.add_argument("--workers", type=positive_int, help="number of Dask workers (or SLURM jobs)")
-    p.add_argument("--report", help="where to write the HTML report (default: next to the store)")
+    p.add_argument("--report", help="where to write the HTML report (default: output.report, else next to the store)")
     p.add_argument("--no-report", action="store_true", help="do not write the HTML report")
     p.add_argument("--dry-run", action="store_true",
                    help="validate the config and print the plan (and the SLURM job script) without running anything")

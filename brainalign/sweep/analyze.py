@@ -28,7 +28,7 @@ from .._io import atomic_path
 from .._version import __version__
 from ..config import cache_dir
 from ..errors import ValidationError
-from .run import Sweep, _dataset, make_plan
+from .run import Sweep, make_plan
 from .store import _quiet, _zarr_kwargs
 
 log = logging.getLogger(__name__)
@@ -577,7 +577,7 @@ def internal_state_curves(path: str | Path, max_words: int = 1500, trust_remote_
     res = _done(res)
     try:
         plan = make_plan(cfg)
-        ds = _dataset(plan.config)
+        ds = plan.dataset()
         f = plan.config.features
         done = set(res.checkpoint.values.tolist())
         ckpts = [c for c in plan.checkpoints if c.label in done]
@@ -638,7 +638,7 @@ def _tokens_label(v: float) -> str:
     return f"{v:.0f}"
 
 
-def _roi_ceilings(res: xr.Dataset, cfg: dict, space: str) -> dict | None:
+def roi_ceilings(res: xr.Dataset, cfg: dict, space: str) -> dict | None:
     """Mean noise ceiling (over subjects and targets) of each ROI, or None.
 
     CCmax is undefined (NaN) where the repeats' estimated signal power is not positive;
@@ -757,7 +757,7 @@ def report(path: str | Path, out: str | Path = "report.html", figures_dir: str |
         summary.insert(1, "above chance", [
             ("yes" if bool(curves["significant"].sel(roi=r)) else "no")
             + (f" (p = {float(adj.sel(roi=r)):.2g})" if adj is not None else "") for r in curves.roi.values])
-    ceilings = _roi_ceilings(res, cfg, space)
+    ceilings = roi_ceilings(res, cfg, space)
     if ceilings is not None:
         summary.insert(3, "noise ceiling (ROI mean)", [ceilings.get(str(r), np.nan) for r in curves.roi.values])
     summary = summary.sort_values("best r (subject mean)", ascending=False)

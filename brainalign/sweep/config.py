@@ -184,7 +184,9 @@ class RoiConfig(StrictModel):
 
 class OutputConfig(StrictModel):
     store: str = "results.zarr"
+    #: where ``brainalign run`` writes each report figure as a PNG (default: none)
     figures: str | None = None
+    #: where ``brainalign run`` writes the HTML report (default: next to the store; ``--report`` overrides)
     report: str | None = None
 
 

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from .store import IncompatibleStoreError, ResultsStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Checkpoint", "Plan", "make_plan", "run", "run_checkpoint", "Sweep"]
+__all__ = ["Checkpoint", "Plan", "make_plan", "load_dataset", "run", "run_checkpoint", "Sweep"]
 
 #: The block bootstrap of ROI scores every sweep stores (``roi_boot``): replicates, TRs
 #: per block, seed. Replicate ``b`` uses the same test-story blocks at every checkpoint.
@@ -71,6 +71,18 @@ class Plan:
     #: fsaverage level the subjects' voxel maps are projected to before storage (LeBel
     #: 2023 with surfaces; ``rois.space``), or None when the data are stored as they are
     projection: str | None = None
+    #: the dataset the plan was made on (not pickled: a Dask worker loads it again, once per process)
+    loaded: Any = field(default=None, repr=False, compare=False)
+
+    def dataset(self):
+        """The configured dataset: the one :func:`make_plan` was given or loaded, or, in a
+        process the plan was sent to, :func:`load_dataset` of the config."""
+        if self.loaded is None:
+            self.loaded = load_dataset(self.config)
+        return self.loaded
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "loaded": None}
 
     @property
     def store_path(self) -> Path:
@@ -91,11 +103,15 @@ class Plan:
 
 
 # -- dataset and model resolution -----------------------------------------------------
-_DATASETS: dict[str, Any] = {}
+_DATASETS: dict[str, Any] = {}  # a cache: config's dataset section -> Dataset
 
 
-def _dataset(cfg: RunConfig):
-    """Load the configured dataset once per process (metadata only; responses are lazy)."""
+def load_dataset(cfg: RunConfig):
+    """The configured dataset, loaded once per process (metadata only; responses are lazy).
+
+    A cache, nothing more: :func:`make_plan` keeps the dataset on the plan, and every
+    stage reads it there (:meth:`Plan.dataset`).
+    """
     from .. import datasets
 
     key = json.dumps(cfg.dataset.model_dump(mode="json"), sort_keys=True)
@@ -109,6 +125,9 @@ def _dataset(cfg: RunConfig):
         except KeyError as exc:  # an unknown subject
             raise ValidationError(f"dataset.subjects: {exc.args[0]}") from None
     return _DATASETS[key]
+
+
+_dataset = load_dataset  # its old name
 
 
 def _training_axis(label: str, user: dict | None) -> tuple[float, float]:
@@ -234,8 +253,10 @@ def _atlas_space(name: str) -> bool:
     return name in FSAVERAGE_SIZES
 
 
-def make_plan(config: RunConfig | str | Path | dict) -> Plan:
+def make_plan(config: RunConfig | str | Path | dict, dataset=None) -> Plan:
     """Validate everything that can be validated before work starts.
+
+    ``dataset``: the configured dataset, already loaded (default: :func:`load_dataset`).
 
     Raises a :class:`ValidationError` naming the problem for an unknown config key, a
     revision that does not exist, a subject not in the dataset, layers out of range.
@@ -249,7 +270,7 @@ def make_plan(config: RunConfig | str | Path | dict) -> Plan:
         check_model_name(cfg.model.name)
     except ValidationError as exc:
         raise ValidationError(f"{cfg.source + ': ' if cfg.source else ''}model.name: {exc}") from None
-    ds = _dataset(cfg)
+    ds = load_dataset(cfg) if dataset is None else dataset
     subjects = cfg.dataset.subjects or list(ds.subjects)
     unknown = [s for s in subjects if s not in ds.subjects]
     if unknown:
@@ -314,6 +335,7 @@ def make_plan(config: RunConfig | str | Path | dict) -> Plan:
         rois=roi_names,
         settings_hash=config_hash(cfg),
         projection=projection,
+        loaded=ds,
     )
 
 
@@ -435,7 +457,7 @@ def run_checkpoint(plan: Plan, index: int, progress: bool = False) -> dict:
     if store.done(ckpt.label, plan.settings_hash):
         return {"label": ckpt.label, "skipped": True}
     t0, started = time.perf_counter(), datetime.now(timezone.utc).isoformat()
-    ds = _dataset(cfg)
+    ds = plan.dataset()
     fs = features.extract(
         ds,
         model=ckpt.model,
@@ -506,7 +528,7 @@ def _ceilings(plan: Plan) -> dict:
     """Noise ceilings (subject x target) from the test stories' repeats, when all have them."""
     from ..encoding.api import dataset_ceiling
 
-    ds = _dataset(plan.config)
+    ds = plan.dataset()
     out = np.full((len(plan.subjects), plan.n_targets), np.nan, dtype="float32")
     for i, s in enumerate(plan.subjects):
         c = dataset_ceiling(ds, s, ds.test_stories_of(s))  # make_plan checked each has test stories
@@ -550,14 +572,14 @@ def _n_blocks(plan: Plan) -> int:
     """Fewest bootstrap blocks any subject's test stories make (the intervals' degrees of freedom)."""
     from ..encoding.bootstrap import tr_blocks
 
-    ds = _dataset(plan.config)
+    ds = plan.dataset()
     return min(int(tr_blocks([ds.stories[st].n_trs for st in ds.test_stories_of(s)], BOOTSTRAP["block_length"])[-1]) + 1
                for s in plan.subjects)
 
 
 def _n_terms(plan: Plan) -> int:
     """Most DCT terms of any subject's held-out stories (the ROI sign test's ``term`` axis)."""
-    ds = _dataset(plan.config)
+    ds = plan.dataset()
     return max(sum(ds.stories[st].n_trs for st in ds.test_stories_of(s)) - len(ds.test_stories_of(s))
                for s in plan.subjects)
 
@@ -593,7 +615,7 @@ def _create_store(plan: Plan, store: ResultsStore, force: bool) -> None:
         "feature_cache_dtype": cfg.features.extract_options()["cache_dtype"],
         **_provenance(plan),
     }
-    note = _dataset(cfg).info.get("ceiling")
+    note = plan.dataset().info.get("ceiling")
     if isinstance(note, str):
         attrs["ceiling_note"] = note
     if plan.projection:
@@ -606,7 +628,7 @@ def _projection_attrs(plan: Plan) -> dict:
     from ..surfaces.project import describe
     from ..surfaces.subject import MAPPER_VERSION
 
-    ds = _dataset(plan.config)
+    ds = plan.dataset()
     subjects = {}
     for s in plan.subjects:
         sp = ds.space(s)
