@@ -355,3 +355,30 @@ def test_cli_run_writes_the_report_and_figures_where_output_says(tmp_path, monke
     assert main(["run", str(path)]) == 0  # the defaults: next to the store, no figure files
     out, kw = calls.pop("report")
     assert out == tmp_path / "results.html" and kw["figures_dir"] is None
+
+
+def test_a_float16_store_made_before_float16_was_honoured_is_refused_not_rekeyed(tmp_path, tiny_run):
+    import json
+
+    from brainalign.sweep import IncompatibleStoreError
+
+    cfg = _config(tmp_path, tiny_run.out_dir, store="old16.zarr", model={"revisions": ["checkpoint-30"]},
+                  features={"float16": True})
+    first = run(cfg, progress=False)
+    store = ResultsStore(first.path)
+    assert store.open().attrs["feature_cache_dtype"] == "float16"
+
+    def as_the_older_version_wrote_it():  # its own hash formula, and no feature_cache_dtype
+        meta = first.path / ".brainalign"
+        layout = json.loads((meta / "layout.json").read_text())
+        (meta / "layout.json").write_text(json.dumps({**layout, "hash": "ed3946de1c19f37e"}))
+        for p in (meta / "done").glob("*.json"):
+            p.write_text(json.dumps({**json.loads(p.read_text()), "hash": "ed3946de1c19f37e"}))
+
+    as_the_older_version_wrote_it()
+    run(cfg, progress=False)  # made by this version (float16 honoured): re-keyed, reused
+    assert store.layout()["hash"] == make_plan(cfg).settings_hash
+    as_the_older_version_wrote_it()
+    store.set_attrs(feature_cache_dtype=None)
+    with pytest.raises(IncompatibleStoreError, match="cached the features in float32 anyway"):
+        run(cfg, progress=False)
