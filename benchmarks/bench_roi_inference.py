@@ -69,10 +69,9 @@ def bench_fit(repeats: int) -> dict:
     return fit_side_by_side(*_fit_case(), repeats, {"rois": "whole_cortex"})
 
 
-def bench_arrays(repeats: int, n=3000, p=1000, t=5000, n_test=300) -> dict:
-    from brainalign.encoding.bootstrap import roi_bootstrap
-    from brainalign.encoding.ridge import fit_ridge_cv
-
+def arrays_case(n=3000, p=1000, t=5000, n_test=300):
+    """A rank-20 signal in noise: training and test designs and responses, ROI labels 0-20
+    per target, and 300-TR training stories."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((n, p), dtype=np.float32)
     Xt = rng.standard_normal((n_test, p), dtype=np.float32)
@@ -80,8 +79,15 @@ def bench_arrays(repeats: int, n=3000, p=1000, t=5000, n_test=300) -> dict:
     C = rng.standard_normal((20, t), dtype=np.float32)
     Y = X @ B @ C + rng.standard_normal((n, t), dtype=np.float32)
     Yt = Xt @ B @ C + rng.standard_normal((n_test, t), dtype=np.float32)
-    labels = rng.integers(0, 21, t)
-    lengths, test_lengths = [300] * (n // 300), [n_test]
+    return X, Y, Xt, Yt, rng.integers(0, 21, t), [300] * (n // 300)
+
+
+def bench_arrays(repeats: int, n=3000, p=1000, t=5000, n_test=300) -> dict:
+    from brainalign.encoding.bootstrap import roi_bootstrap
+    from brainalign.encoding.ridge import fit_ridge_cv
+
+    X, Y, Xt, Yt, labels, lengths = arrays_case(n, p, t, n_test)
+    test_lengths = [n_test]
     fit_s, boot_s = [], []
     for _ in range(repeats):
         t0 = time.process_time()

@@ -68,17 +68,11 @@ def _statistics(yt, pred, lengths, labels, codes) -> dict:
 
 
 def bench_arrays(repeats: int, n=3000, p=1000, t=5000, n_test=300) -> dict:
+    from bench_roi_inference import arrays_case
+
     from brainalign.encoding.ridge import fit_ridge_cv
 
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((n, p), dtype=np.float32)
-    Xt = rng.standard_normal((n_test, p), dtype=np.float32)
-    B = rng.standard_normal((p, 20), dtype=np.float32) / np.sqrt(p)
-    C = rng.standard_normal((20, t), dtype=np.float32)
-    Y = X @ B @ C + rng.standard_normal((n, t), dtype=np.float32)
-    Yt = Xt @ B @ C + rng.standard_normal((n_test, t), dtype=np.float32)
-    labels = rng.integers(0, 21, t)
-    lengths = [300] * (n // 300)
+    X, Y, Xt, Yt, labels, lengths = arrays_case(n, p, t, n_test)
     fit_s, stat_s = [], []
     for _ in range(repeats):
         t0 = time.process_time()
