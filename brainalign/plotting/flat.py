@@ -292,9 +292,7 @@ class FlatmapFigure:
         ax=None,
     ) -> None:
         import matplotlib as mpl
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.collections import LineCollection, PolyCollection
-        from matplotlib.figure import Figure
 
         self.layout = layout = _layout()
         self.cmap = mpl.colormaps[cmap] if isinstance(cmap, str) else cmap
@@ -305,15 +303,7 @@ class FlatmapFigure:
             xlim = (used[:, 0].min() - pad, used[:, 0].max() + pad)
             ylim = (used[:, 1].min() - pad, used[:, 1].max() + pad)
             if ax is None:
-                # size the figure to the layout's aspect so the hemispheres fill it
-                width = figsize[0]
-                map_h = width * (ylim[1] - ylim[0]) / (xlim[1] - xlim[0])
-                bottom = 0.75 if colorbar else 0.25
-                top = 0.3 if title else 0.05
-                height = map_h + bottom + top
-                fig = Figure(figsize=(width, height))
-                FigureCanvasAgg(fig)
-                ax = fig.add_axes((0.0, bottom / height, 1.0, map_h / height))
+                fig, ax = _map_figure(xlim, ylim, figsize[0], colorbar, bool(title))
             else:
                 fig = ax.figure
             ax.set_label("flatmap")
@@ -438,6 +428,21 @@ class FlatmapFigure:
         self.figure.set_dpi(dpi)
         self.figure.canvas.draw()
         return np.asarray(self.figure.canvas.buffer_rgba())[..., :3].copy()
+
+
+def _map_figure(xlim, ylim, width: float, colorbar: bool, title: bool):
+    """A figure ``width`` inches wide sized to the map's aspect (so the hemispheres fill
+    it), with room below for a colour bar and above for a title; (figure, map axes)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    map_h = width * (ylim[1] - ylim[0]) / (xlim[1] - xlim[0])
+    bottom = 0.75 if colorbar else 0.25
+    top = 0.3 if title else 0.05
+    height = map_h + bottom + top
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig, fig.add_axes((0.0, bottom / height, 1.0, map_h / height))
 
 
 def flatmap(
@@ -599,9 +604,7 @@ def subject_flatmap(
     gyri light, sulci dark); without that file it is plain grey.
     """
     import matplotlib as mpl
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.collections import PolyCollection
-    from matplotlib.figure import Figure
 
     if not _is_subject_space(space):
         raise ValidationError("subject_flatmap needs the subject's SubjectSpace (dataset.space(subject)) with its "
@@ -648,14 +651,7 @@ def subject_flatmap(
     xlim = (used[:, 0].min() - pad, used[:, 0].max() + pad)
     ylim = (used[:, 1].min() - pad, used[:, 1].max() + pad)
     with paper_style():
-        width = figsize[0]
-        map_h = width * (ylim[1] - ylim[0]) / (xlim[1] - xlim[0])
-        bottom = 0.75 if colorbar else 0.25
-        top = 0.3 if title else 0.05
-        height = map_h + bottom + top
-        fig = Figure(figsize=(width, height))
-        FigureCanvasAgg(fig)
-        ax = fig.add_axes((0.0, bottom / height, 1.0, map_h / height))
+        fig, ax = _map_figure(xlim, ylim, figsize[0], colorbar, bool(title))
         ax.set_label("subject_flatmap")
         pc = PolyCollection(xy[faces], facecolors=colours, edgecolors="none", linewidths=0, antialiaseds=False)
         pc.set_rasterized(True)
@@ -668,6 +664,7 @@ def subject_flatmap(
             ax.text(x, ylim[0], h, ha="center", va="top", fontsize=9, fontweight="bold", color="0.3")
         ax.set_title(title or f"{space.subject} (own surface)", pad=2)
         if colorbar:
+            height = fig.get_figheight()
             cax = fig.add_axes((0.36, 0.42 / height, 0.28, 0.09 / height))
             cb = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), cax=cax, orientation="horizontal")
             cb.set_label(label or name or "value")
