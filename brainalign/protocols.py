@@ -25,7 +25,6 @@ import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -353,7 +352,7 @@ def compare(*paths: str | os.PathLike, level: float = 0.95):
     _comparable(cards, where)
     stores = [_card_store(c, w).assign_coords(checkpoint=[f"m{i}"]) for i, (c, w) in enumerate(zip(cards, where))]
     both = xr.concat(stores, "checkpoint", coords="minimal", compat="override", join="override")
-    both.attrs["bootstrap"] = _bootstrap_attrs(where[0] / cards[0]["store"])
+    both.attrs["bootstrap"] = stores[0].attrs.get("bootstrap", {})  # the same blocks in every card (same protocol)
     depths = [x["depth"] for x in cards[0]["layers"]]
     rows = []
     for i in range(1, len(cards)):
@@ -365,12 +364,6 @@ def compare(*paths: str | os.PathLike, level: float = 0.95):
                              "difference": float(d.difference.sel(roi=roi)), "lo": float(d.lo.sel(roi=roi)),
                              "hi": float(d.hi.sel(roi=roi)), "p": float(d.pvalue.sel(roi=roi))})
     return pd.DataFrame(rows)
-
-
-def _bootstrap_attrs(store: Path) -> dict:
-    from .sweep import Sweep
-
-    return Sweep(store).results.attrs.get("bootstrap", {})
 
 
 def _label(card: dict) -> str:
