@@ -410,7 +410,7 @@ def roi_pvalues(res: xr.Dataset, layer="best") -> xr.DataArray:
     return out
 
 
-def roi_significance(res: xr.Dataset, alpha: float = 0.05) -> xr.DataArray:
+def roi_significance(res: xr.Dataset, alpha: float = 0.05, pvalues: xr.DataArray | None = None) -> xr.DataArray:
     """Per ROI: is the subject-mean score of the chosen layer above chance at some checkpoint?
 
     With ROI null terms (``roi_null``): the ROI sign randomisation test of
@@ -418,12 +418,13 @@ def roi_significance(res: xr.Dataset, alpha: float = 0.05) -> xr.DataArray:
     number below ``alpha``; ``adjusted_p`` coordinate). Stores without them: the lower end
     of the one-sided ``1 - 2 alpha / n_checkpoints`` block-bootstrap interval of
     :func:`roi_curves` is above zero. Each ROI is tested at ``alpha`` (no correction over
-    ROIs: each ROI's phase claim stands on its own; the attribute says so).
+    ROIs: each ROI's phase claim stands on its own; the attribute says so). ``pvalues``:
+    :func:`roi_pvalues` of ``res`` when the caller already has them.
     """
     done = _done(res)
     n = int(done.sizes["checkpoint"])
     if _has_null(done):
-        p = roi_pvalues(done)
+        p = roi_pvalues(done) if pvalues is None else pvalues
         adj = np.minimum(p.min("checkpoint", skipna=True) * n, 1.0)
         out = (adj < alpha).assign_coords(adjusted_p=adj)
         out.attrs["test"] = (f"{p.attrs['test']}; one-sided alpha = {alpha:g} per ROI, Bonferroni over {n} checkpoints "
@@ -614,11 +615,12 @@ def analyze(path: str | Path, internal: bool = True, n_boot: int = 200, trust_re
     res = sweep.results
     curves = roi_curves(res)
     if _has_null(_done(res)) or "score_lo" in curves:  # phases only where alignment is significant
-        sig = roi_significance(res)
+        p = roi_pvalues(res) if _has_null(_done(res)) else None
+        sig = roi_significance(res, pvalues=p)
         curves["significant"] = sig
         curves.attrs["significance_test"] = sig.attrs["test"]
-        if "adjusted_p" in sig.coords:
-            curves["roi_pvalue"] = roi_pvalues(res)
+        if p is not None:
+            curves["roi_pvalue"] = p
     phases, table = phase_table(curves, n_boot=n_boot)
     states = internal_state_curves(path, trust_remote_code=trust_remote_code) if internal else None
     return {"results": res, "curves": curves, "phases": phases, "phase_table": table, "internal": states}
