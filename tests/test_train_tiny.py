@@ -52,6 +52,8 @@ def test_run_writes_hf_checkpoints_and_log(run):
     assert state["global_step"] == 24 and state["num_input_tokens_seen"] == 24 * 4 * 32
     log = json.loads((run.out_dir / "training_log.json").read_text())
     assert log["complete"] and log["tokens_per_step"] == 128
+    # texts passed directly: the log says so and counts their words
+    assert log["corpus"] == {"source": "texts", "files": [], "documents": 6, "words": 6 * 700}
     df = run.to_frame()
     assert {"train_loss", "heldout_loss", "gap", "param_norm"} <= set(df.columns)
     # learning happened: training loss falls well below its untrained value (~log V)
@@ -94,6 +96,12 @@ def test_corpus_input(tmp_path):
     assert read_corpus(f) == ["hello there"]
     assert read_corpus(str(tmp_path)) == ["hello there"]
     assert read_corpus("just some text") == ["just some text"]
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "d.txt").write_text("one two three")
+    from brainalign.training.tiny import describe_corpus
+
+    info = describe_corpus(tmp_path, read_corpus(tmp_path))
+    assert info == {"source": str(tmp_path.resolve()), "files": ["c.txt", "sub/d.txt"], "documents": 2, "words": 5}
     with pytest.raises(DataNotFoundError, match="does not exist"):
         read_corpus(str(tmp_path / "missing.txt"))
     with pytest.raises(ValidationError, match="empty"):

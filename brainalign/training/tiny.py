@@ -12,7 +12,8 @@ Each checkpoint is a Hugging Face folder ``checkpoint-{step}`` (safetensors weig
 config, tokenizer files, and a ``trainer_state.json`` with ``global_step`` and
 ``num_input_tokens_seen`` as the ``transformers`` Trainer writes it); the run's
 ``training_log.json`` lists training loss, held-out loss, their gap and the parameter
-norm at each checkpoint.  Step 0 (the untrained model) is always saved.
+norm at each checkpoint, and describes the corpus (``corpus``: source folder or file,
+file names, word count).  Step 0 (the untrained model) is always saved.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from ..errors import DataNotFoundError, ValidationError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train_tiny", "TinyRun", "checkpoint_steps", "tiny_gpt_neox", "train_bpe_tokenizer", "read_corpus"]
+__all__ = ["train_tiny", "TinyRun", "checkpoint_steps", "describe_corpus", "tiny_gpt_neox", "train_bpe_tokenizer", "read_corpus"]
 
 _EOS = "<|endoftext|>"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
@@ -83,6 +84,21 @@ def checkpoint_steps(steps: int, n: int) -> list[int]:
         raise ValidationError(f"checkpoint_steps(): need steps >= 1 and n >= 2, got steps={steps}, n={n}")
     rest = np.unique(np.round(np.geomspace(1, steps, n - 1)).astype(int)) if n > 2 else np.array([steps])
     return [0, *[int(s) for s in rest]]
+
+
+def describe_corpus(corpus: str | os.PathLike | Sequence[str], docs: Sequence[str]) -> dict:
+    """Where a corpus came from, for the training log: ``source`` (the folder or file,
+    absolute, or ``"texts"`` for texts passed directly), ``files`` (names of the
+    ``.txt`` files read from a folder), ``documents`` and ``words``."""
+    source, files = "texts", []
+    if not isinstance(corpus, (list, tuple)):
+        s = str(corpus)
+        p = Path(s) if "\n" not in s and len(s) < 4096 else None
+        if p is not None and p.is_dir():
+            source, files = str(p.resolve()), [str(f.relative_to(p)) for f in sorted(p.rglob("*.txt"))]
+        elif p is not None and p.is_file():
+            source, files = str(p.resolve()), [p.name]
+    return {"source": source, "files": files, "documents": len(docs), "words": sum(len(d.split()) for d in docs)}
 
 
 def read_corpus(corpus: str | os.PathLike | Sequence[str]) -> list[str]:
@@ -254,6 +270,7 @@ def train_tiny(
         "seed": seed, "vocab_size": vocab_size, "heldout": heldout, "eval_windows": eval_windows,
         "corpus_sha256": hashlib.sha256("\x00".join(docs).encode()).hexdigest(),
     }
+    corpus_info = describe_corpus(corpus, docs)
     log_path = out / "training_log.json"
     existing = sorted(p for p in out.iterdir() if _CKPT.match(p.name)) if out.is_dir() else []
     if log_path.is_file():
@@ -324,7 +341,8 @@ def train_tiny(
                     "train_batch_size": batch_size, "log_history": [dict(r) for r in records],
                 }
                 (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-            atomic_write_json(log_path, {"complete": False, "config": config, "tokens_per_step": batch_size * seq_len, "checkpoints": records})
+            atomic_write_json(log_path, {"complete": False, "config": config, "corpus": corpus_info,
+                                         "tokens_per_step": batch_size * seq_len, "checkpoints": records})
             log.info("%s: train loss %.3f, held-out %.3f, |θ| %.1f", name, rec["train_loss"], rec["heldout_loss"], rec["param_norm"])
 
         save(0)
@@ -342,7 +360,8 @@ def train_tiny(
             if step in save_at:
                 save(step)
                 bar.set_postfix(loss=f"{records[-1]['train_loss']:.3f}")
-        atomic_write_json(log_path, {"complete": True, "config": config, "tokens_per_step": batch_size * seq_len, "checkpoints": records})
+        atomic_write_json(log_path, {"complete": True, "config": config, "corpus": corpus_info,
+                                     "tokens_per_step": batch_size * seq_len, "checkpoints": records})
     finally:
         torch.set_num_threads(old_threads)
     return TinyRun(out, {r["name"]: out / r["name"] for r in records}, records, config)
