@@ -1,7 +1,9 @@
 """The ``brainalign`` command. Thin: parses arguments, calls the API, prints.
 
-Each area of the package may add its own subcommands through a ``_cli`` module with a
-``register(subparsers)`` function; they are listed in ``_CLI_MODULES``.
+This module is the one place the subcommands are assembled: each area of the package
+keeps its own in a ``_cli`` module with a ``register*(subparsers)`` function, and
+``_CLI_MODULES`` lists them (module, function), in the order ``--help`` shows them. A
+``_cli`` module adds only its own area's subcommands and imports no other ``_cli``.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from ._version import __version__
 from .errors import BrainalignError, os_error_message
 
 _CLI_MODULES = (
-    "brainalign._score_cli",
-    "brainalign.datasets._cli",
-    "brainalign.features._cli",
-    "brainalign.plotting._cli",
-    "brainalign.sweep._cli",
+    ("brainalign._score_cli", "register"),
+    ("brainalign.datasets._cli", "register"),
+    ("brainalign.features._cli", "register"),
+    ("brainalign.plotting._cli", "register"),
+    ("brainalign.sweep._cli", "register"),
+    ("brainalign.training._cli", "register_train_tiny"),  # makes the checkpoints sweeps read
 )
 
 
@@ -56,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (used by the tests)")
     p.set_defaults(func=_demo)
 
-    for mod in _CLI_MODULES:
+    for mod, register in _CLI_MODULES:
         if importlib.util.find_spec(mod.rsplit(".", 1)[0]) and importlib.util.find_spec(mod):
-            importlib.import_module(mod).register(sub)
+            getattr(importlib.import_module(mod), register)(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""``brainalign run``, ``brainalign report``, ``brainalign flatmap``, ``brainalign train-tiny``."""
+"""``brainalign run``, ``brainalign report``, ``brainalign flatmap`` (assembled by :mod:`brainalign.cli`)."""
 
 from __future__ import annotations
 
@@ -131,8 +131,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=finite_float, help="hide |score| below this")
     p.add_argument("-o", "--output", default="flatmap.png")
     p.set_defaults(func=_flatmap)
-
-    # the tiny trainer (brainalign.training) makes the checkpoints sweeps read
-    from ..training._cli import register_train_tiny
-
-    register_train_tiny(sub)
