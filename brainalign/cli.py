@@ -23,6 +23,7 @@ _CLI_MODULES = (
     ("brainalign.features._cli", "register"),
     ("brainalign.plotting._cli", "register"),
     ("brainalign.sweep._cli", "register"),
+    ("brainalign.sweep._plan_cli", "register"),
     ("brainalign.training._cli", "register_train_tiny"),  # makes the checkpoints sweeps read
 )
 

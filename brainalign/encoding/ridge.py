@@ -52,7 +52,7 @@ from ._compat import renamed_keywords
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_ALPHAS", "RidgeCVResult", "fit_ridge_cv", "fit_ridge_cv_many", "pearson_r", "r2_score",
+__all__ = ["DEFAULT_ALPHAS", "RidgeCVResult", "fit_ridge_cv", "fit_ridge_cv_many", "fit_flops", "pearson_r", "r2_score",
            "story_folds"]
 
 #: Default alpha grid: 13 log-spaced values from 1 to 1e6.
@@ -196,6 +196,44 @@ def _alpha_free_is_cheaper(n_val: int, r: int, n_alphas: int) -> bool:
     of float32 on CPUs)."""
     alpha_free = 2 * (2 * r * r) + 2 * n_val * r + 2 * (3 * 2 * n_alphas * r)
     return alpha_free < n_alphas * 2 * n_val * r
+
+
+def fit_flops(n: int, p: int, n_targets: int, *, n_folds: int = 5, n_alphas: int = 13, n_test: int = 0,
+              method: str = "auto") -> dict[str, float]:
+    """FLOPs of one :func:`fit_ridge_cv` call, as its solver spends them.
+
+    ``design``: the part shared by all targets (per-fold Gram or kernel matrices and
+    their eigendecompositions, the validation rows in the eigenbasis, the held-out
+    design); ``targets``: the part that grows with ``n_targets`` (projections,
+    validation scores by the cheaper of the two routes :func:`_alpha_free_is_cheaper`
+    chooses between, the refit and the held-out predictions). Float64 FLOPs count
+    twice (half the float32 rate on CPUs), as in that rule. ``method="auto"`` picks
+    the form the solver would (primal when ``n >= p``).
+    """
+    if method == "auto":
+        method = "primal" if n >= p else "kernel"
+    k, r = int(n_folds), (p if method == "primal" else n)
+    n_val = n / k
+    r_fold = p if method == "primal" else n - n_val
+    eigh = (k + 1) * 9.0 * r ** 3 * 2  # symmetric eigendecomposition ~ 9 r^3, float64
+    if method == "primal":
+        gram = 2.0 * n * p * p * 2  # per-fold validation Grams, float64
+        basis = k * 2.0 * n_val * p * p * 2
+        per_target = 2.0 * n * p + k * 2.0 * p * p + 2.0 * p * p
+    else:
+        gram = 2.0 * n * n * p * 2
+        basis = k * 2.0 * n_val * r_fold * r_fold * 2
+        per_target = k * 2.0 * r_fold * (n - n_val) + 2.0 * n * n
+    alpha_free = _alpha_free_is_cheaper(int(n_val), int(r_fold), int(n_alphas))
+    if alpha_free:
+        basis += k * 2.0 * r_fold * r_fold * n_val * 2  # G = A'A, float64
+        per_target += k * (2 * (2 * r_fold * r_fold) + 2 * n_val * r_fold + 2 * (3 * 2 * n_alphas * r_fold))
+    else:
+        per_target += k * n_alphas * 2.0 * n_val * r_fold
+    test_design = 2.0 * n_test * p * r if n_test else 0.0
+    per_target += 2.0 * n_test * r if n_test else 0.0
+    return {"design": gram + eigh + basis + test_design, "targets": per_target * n_targets, "method": method,
+            "alpha_free": bool(alpha_free)}
 
 
 def _plan_validation(b, fold: dict, lam, A64, alphas_d, alpha_min: float) -> None:
