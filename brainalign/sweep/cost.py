@@ -66,10 +66,13 @@ class SweepSize:
     groups: list[dict] = field(default_factory=list)
     stats: str = "sign"
     download: bool = False
+    #: features per layer the fits see, when fewer than ``hidden`` (a reduction before
+    #: the delays); the cache still holds ``hidden`` values per word
+    fit_dims: int | None = None
 
     @property
     def p(self) -> int:
-        return self.hidden * self.delays
+        return (self.fit_dims or self.hidden) * self.delays
 
     def forward_flops(self) -> float:
         """FLOPs of one checkpoint's forward passes over every story."""
