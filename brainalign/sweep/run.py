@@ -260,9 +260,39 @@ def make_plan(config: RunConfig | str | Path | dict, dataset=None) -> Plan:
 
     Raises a :class:`ValidationError` naming the problem for an unknown config key, a
     revision that does not exist, a subject not in the dataset, layers out of range.
-    """
-    from .. import rois
 
+    The stages run in this order (each raises before the next starts): the config and
+    its model name, the dataset's subjects, the options that need each other, the space
+    the maps are stored in, the checkpoints and layers, the ROIs. A new check or a new
+    part of the plan is one more stage here.
+    """
+    cfg = _checked_config(config)
+    ds = load_dataset(cfg) if dataset is None else dataset
+    subjects = _checked_subjects(cfg, ds)
+    _check_options(cfg)
+    targets = _target_space(cfg, ds, subjects)
+    checkpoints = resolve_checkpoints(cfg)
+    n_layers = _n_layers(checkpoints[-1], cfg.model.trust_remote_code)
+    layers = cfg.resolve_layers(n_layers)
+    roi_names = _roi_names(cfg, subjects, targets)
+    return Plan(
+        config=cfg,
+        checkpoints=checkpoints,
+        layers=layers,
+        n_layers=n_layers,
+        subjects=subjects,
+        n_targets=targets.n_targets,
+        space=targets.space,
+        hemi=targets.hemi,
+        rois=roi_names,
+        settings_hash=config_hash(cfg),
+        projection=targets.projection,
+        loaded=ds,
+    )
+
+
+def _checked_config(config: RunConfig | str | Path | dict) -> RunConfig:
+    """The run config (read and validated), its model name checked."""
     from ..features.loading import check_model_name
 
     cfg = config if isinstance(config, RunConfig) else load_config(config)
@@ -270,73 +300,93 @@ def make_plan(config: RunConfig | str | Path | dict, dataset=None) -> Plan:
         check_model_name(cfg.model.name)
     except ValidationError as exc:
         raise ValidationError(f"{cfg.source + ': ' if cfg.source else ''}model.name: {exc}") from None
-    ds = load_dataset(cfg) if dataset is None else dataset
+    return cfg
+
+
+def _checked_subjects(cfg: RunConfig, ds) -> list[str]:
+    """The configured subjects (default: all of the dataset's), each checked by :func:`_check_subject`."""
     subjects = cfg.dataset.subjects or list(ds.subjects)
     unknown = [s for s in subjects if s not in ds.subjects]
     if unknown:
         raise ValidationError(f"dataset.subjects: {unknown} not in dataset {ds.name} (subjects: {ds.subjects})")
     for s in subjects:
-        n_train, n_test = len(ds.train_stories_of(s)), len(ds.test_stories_of(s))
-        if n_train < cfg.encoding.n_folds:
+        _check_subject(cfg, ds, s)
+    return subjects
+
+
+def _check_subject(cfg: RunConfig, ds, s: str) -> None:
+    """Subject ``s`` has stories enough for the CV folds, test stories, and test TRs for the permutation blocks."""
+    n_train, n_test = len(ds.train_stories_of(s)), len(ds.test_stories_of(s))
+    if n_train < cfg.encoding.n_folds:
+        raise ValidationError(
+            f"encoding.n_folds: {cfg.encoding.n_folds} folds need at least as many training stories, "
+            f"but subject {s} has {n_train}"
+        )
+    if n_test == 0:
+        raise ValidationError(f"dataset: subject {s} has none of the test stories {ds.test_stories}")
+    if cfg.stats.test == "block":
+        n_trs = sum(ds.stories[st].n_trs for st in ds.test_stories_of(s))
+        if n_trs // cfg.stats.block_size < MIN_PERMUTATION_BLOCKS:
             raise ValidationError(
-                f"encoding.n_folds: {cfg.encoding.n_folds} folds need at least as many training stories, "
-                f"but subject {s} has {n_train}"
+                f"stats.block_size: {cfg.stats.block_size} TRs make only {n_trs // cfg.stats.block_size} blocks of "
+                f"subject {s}'s {n_trs} test TRs; a permutation test needs at least {MIN_PERMUTATION_BLOCKS} (use a "
+                f"block size of at most {max(n_trs // MIN_PERMUTATION_BLOCKS, 1)}, or stats.test: sign)"
             )
-        if n_test == 0:
-            raise ValidationError(f"dataset: subject {s} has none of the test stories {ds.test_stories}")
-        if cfg.stats.test == "block":
-            n_trs = sum(ds.stories[st].n_trs for st in ds.test_stories_of(s))
-            if n_trs // cfg.stats.block_size < MIN_PERMUTATION_BLOCKS:
-                raise ValidationError(
-                    f"stats.block_size: {cfg.stats.block_size} TRs make only {n_trs // cfg.stats.block_size} blocks of "
-                    f"subject {s}'s {n_trs} test TRs; a permutation test needs at least {MIN_PERMUTATION_BLOCKS} (use a "
-                    f"block size of at most {max(n_trs // MIN_PERMUTATION_BLOCKS, 1)}, or stats.test: sign)"
-                )
+
+
+def _check_options(cfg: RunConfig) -> None:
+    """Options that need each other."""
     if cfg.rois.how == "fraction_significant" and cfg.stats.test == "none":
         raise ValidationError("rois.how: 'fraction_significant' needs significance tests: stats.test is 'none'")
+
+
+@dataclass(frozen=True)
+class _TargetSpace:
+    """Where the store's maps live: the space's name, its targets, their hemispheres, the projection."""
+
+    space: str
+    n_targets: int
+    hemi: np.ndarray
+    projection: str | None
+    spaces: dict  # each subject's own space
+    first: Any  # the first subject's space
+
+
+def _target_space(cfg: RunConfig, ds, subjects: list[str]) -> _TargetSpace:
+    """The space the store's maps are in: the subjects' own, or the fsaverage level they are projected to."""
     spaces = {s: ds.space(s) for s in subjects}
     names = {sp.name for sp in spaces.values()}
     if len(names) > 1 and any(sp.is_surface for sp in spaces.values()):
         raise ValidationError(f"dataset.subjects: subjects are in different spaces {sorted(names)}")
     first = spaces[subjects[0]]
     projection = _projection(cfg, ds, subjects, spaces)
-    space = projection or first.name
     if projection:
         n_targets = 2 * FSAVERAGE_SIZES[projection]
         hemi = Space.fsaverage(projection).hemi()
     else:
         n_targets = max(sp.n_targets for sp in spaces.values())
         hemi = first.hemi() if first.is_surface else np.full(n_targets, "", dtype="<U1")
-    checkpoints = resolve_checkpoints(cfg)
-    n_layers = _n_layers(checkpoints[-1], cfg.model.trust_remote_code)
-    layers = cfg.resolve_layers(n_layers)
-    roi_names = ["whole_cortex"]
+    return _TargetSpace(projection or first.name, n_targets, hemi, projection, spaces, first)
+
+
+def _roi_names(cfg: RunConfig, subjects: list[str], targets: _TargetSpace) -> list[str]:
+    """The store's ROIs: the atlas's (an fsaverage space), else ``whole_cortex`` (when the config allows it)."""
+    from .. import rois
+
+    space = targets.space
     if _atlas_space(space):
         atlas = rois.load_atlas(cfg.rois.atlas, space=space)
-        roi_names = [atlas.names[k] for k in sorted(atlas.names) if k != 0]
-        if projection:  # the ROIs reach every subject's voxels (as run_checkpoint loads them; maps built, cached)
+        if targets.projection:  # the ROIs reach every subject's voxels (as run_checkpoint loads them; maps built, cached)
             for s in subjects:
-                rois.load_atlas(cfg.rois.atlas, spaces[s])
-    elif cfg.rois.atlas != "whole_cortex":
+                rois.load_atlas(cfg.rois.atlas, targets.spaces[s])
+        return [atlas.names[k] for k in sorted(atlas.names) if k != 0]
+    if cfg.rois.atlas != "whole_cortex":
         raise ValidationError(
-            f"rois.atlas: {cfg.rois.atlas!r} needs an fsaverage space, but the data are in {first.name!r}; "
+            f"rois.atlas: {cfg.rois.atlas!r} needs an fsaverage space, but the data are in {targets.first.name!r}; "
             "use 'whole_cortex' (the mean over all targets), or, for lebel2023, get the subjects' pycortex and "
             "FreeSurfer files (`brainalign datasets check lebel2023 ROOT`) so the sweep can use fsaverage5"
         )
-    return Plan(
-        config=cfg,
-        checkpoints=checkpoints,
-        layers=layers,
-        n_layers=n_layers,
-        subjects=subjects,
-        n_targets=n_targets,
-        space=space,
-        hemi=hemi,
-        rois=roi_names,
-        settings_hash=config_hash(cfg),
-        projection=projection,
-        loaded=ds,
-    )
+    return ["whole_cortex"]
 
 
 def _projection(cfg: RunConfig, ds, subjects: list[str], spaces: dict) -> str | None:
@@ -403,42 +453,55 @@ def _variables(plan: Plan) -> dict[str, tuple[tuple[str, ...], str]]:
     return {**{name: (("checkpoint", *v.dims), v.dtype) for name, v in fitted.items()}, **SWEEP_VARIABLES}
 
 
-def _roi_array(plan: Plan, roi: xr.DataArray, extra: tuple[str, ...] = ()) -> np.ndarray:
-    """``roi`` (layer, subject, roi, *extra) on the plan's layers, subjects and ROIs (NaN elsewhere)."""
-    roi = roi.transpose("layer", "subject", "roi", *extra)
-    out = np.full((len(plan.layers), len(plan.subjects), len(plan.rois), *(roi.sizes[d] for d in extra)), np.nan,
-                  dtype="float32")
-    li = [plan.layers.index(int(layer)) for layer in roi.layer.values]
-    si = [plan.subjects.index(str(s)) for s in roi.subject.values]
-    for j, name in enumerate(roi.roi.values.tolist()):
-        if name in plan.rois:
-            out[np.ix_(li, si, [plan.rois.index(name)])] = roi.values[:, :, j : j + 1]
+#: the store's labelled axes: a result's labels are placed where the plan has them
+_LABELLED_AXES = {"layer": lambda plan: plan.layers, "subject": lambda plan: plan.subjects,
+                  "roi": lambda plan: plan.rois}
+#: the store's other axes and their lengths: a result fills them from the start (NaN after)
+_SIZED_AXES = {"target": lambda plan: plan.n_targets, "boot": lambda plan: BOOTSTRAP["n_boot"],
+               "term": lambda plan: _n_terms(plan)}
+
+
+def _placed(plan: Plan, da: xr.DataArray, dims: tuple[str, ...], dtype: str) -> np.ndarray:
+    """``da`` on the store's axes ``dims`` (``checkpoint`` left out), NaN (False) where it has no value.
+
+    Along :data:`_LABELLED_AXES` each label goes where the plan has it (labels the plan
+    lacks, e.g. an atlas ROI it left out, are dropped); along :data:`_SIZED_AXES` the
+    values fill the store's axis from its start.
+    """
+    da = da.transpose(*dims)
+    src, dst, shape = [], [], []
+    for d in dims:
+        if d in _LABELLED_AXES:
+            want = list(_LABELLED_AXES[d](plan))
+            here = [(i, want.index(v)) for i, v in enumerate(da[d].values.tolist()) if v in want]
+            src.append([i for i, _ in here])
+            dst.append([j for _, j in here])
+            shape.append(len(want))
+        else:
+            src.append(np.arange(da.sizes[d]))
+            dst.append(np.arange(da.sizes[d]))
+            shape.append(_SIZED_AXES[d](plan))
+    out = np.full(shape, False if dtype == "bool" else np.nan, dtype=dtype)
+    out[np.ix_(*dst)] = da.values[np.ix_(*src)].astype(dtype)
     return out
 
 
 def _region(plan: Plan, res: xr.Dataset, roi: xr.DataArray, fs, roi_cv: xr.DataArray | None = None) -> xr.Dataset:
-    """Shape one checkpoint's results to the store's layout (NaN-padded targets)."""
-    vars_ = _variables(plan)
-    out = {}
-    for name, (dims, dtype) in vars_.items():
-        if dims[-1] != "target" or name not in res:
-            continue
-        da = res[name].transpose("layer", "subject", "target")
-        arr = np.full((len(plan.layers), len(plan.subjects), plan.n_targets), False if dtype == "bool" else np.nan, dtype=dtype)
-        li = [plan.layers.index(int(layer)) for layer in da.layer.values]
-        si = [plan.subjects.index(str(s)) for s in da.subject.values]
-        arr[np.ix_(li, si, np.arange(da.sizes["target"]))] = da.values.astype(dtype)
-        out[name] = (("layer", "subject", "target"), arr)
-    out["roi_score"] = (("layer", "subject", "roi"), _roi_array(plan, roi))
+    """Shape one checkpoint's results to the store's layout (NaN-padded targets).
+
+    Every variable of :func:`_variables` along ``target`` or ``roi`` is read from the
+    fit's result ``res`` by name, but ``roi_score`` is ``roi`` (the ``rois.how`` summary)
+    and ``roi_cv_score`` is ``roi_cv``, and placed by :func:`_placed`; a score variable
+    added to :data:`brainalign.encoding.SCORE_VARIABLES` is stored with no change here.
+    ``feature_norm`` and ``lm_loss`` come from the features' metrics.
+    """
+    given = {**{name: res[name] for name in res.data_vars}, "roi_score": roi}
     if roi_cv is not None:
-        out["roi_cv_score"] = (("layer", "subject", "roi"), _roi_array(plan, roi_cv))
-    if "roi_boot" in res:
-        out["roi_boot"] = (("layer", "subject", "roi", "boot"), _roi_array(plan, res["roi_boot"], ("boot",)))
-    if "roi_null" in res:
-        terms = _roi_array(plan, res["roi_null"], ("term",))
-        full = np.full((*terms.shape[:-1], _n_terms(plan)), np.nan, dtype="float32")
-        full[..., : terms.shape[-1]] = terms
-        out["roi_null"] = (("layer", "subject", "roi", "term"), full)
+        given["roi_cv_score"] = roi_cv
+    out = {}
+    for name, (dims, dtype) in _variables(plan).items():
+        if name in given and ({"target", "roi"} & set(dims)):
+            out[name] = (dims[1:], _placed(plan, given[name], dims[1:], dtype))
     norms = fs.metrics.get("activation_norm") or {}
     out["feature_norm"] = (("layer",), np.array([norms.get(layer, np.nan) for layer in plan.layers], dtype="float32"))
     loss = fs.metrics.get("mean_loss")  # token-weighted next-token loss on the stories (causal LMs)
