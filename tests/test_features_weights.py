@@ -1,0 +1,148 @@
+"""Hub revisions streamed through a working cache under a disk budget (issue 19).
+
+A mirror (a hub cache folder with 12 revisions of a tiny GPT-NeoX, in the real layout)
+is the source; the sweep's working cache never holds more than the budget, features
+equal those read from the mirror itself, and a killed stream's revisions are reused.
+"""
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from brainalign.errors import DataNotFoundError, ValidationError
+from brainalign.features import extract
+from brainalign.features.testing import tiny_hub_cache
+from brainalign.features.weights import WeightStream, parse_bytes, revision_bytes
+from brainalign.stimulus import Story
+
+REPO = "tiny-org/stream-neox"
+REVS = [f"step{100 * (i + 1)}" for i in range(12)]
+WORDS = "the keeper climbed the stairs at dusk and lit the lamp while the sea kept its slow time".split()
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("mirror") / "hub"
+    tiny_hub_cache(root, REPO, REVS, arch="gpt_neox", n_layers=2, hidden=32)
+    yield root
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    import huggingface_hub.constants as c
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+
+
+def _stories():
+    on = np.arange(len(WORDS)) * 0.4
+    return [Story("tale", WORDS, on, on + 0.3, 2.0, np.arange(3) * 2.0 + 1.0)]
+
+
+def _disk(repo: Path) -> int:
+    """Bytes of weights files on disk under a hub cache repo (blobs and copied snapshots)."""
+    seen, total = set(), 0
+    for f in repo.rglob("*") if repo.is_dir() else []:
+        if f.is_file() and not f.is_symlink():
+            key = f.stat().st_ino
+            if key not in seen:
+                seen.add(key)
+                total += f.stat().st_size
+    return total
+
+
+class _Monitor:
+    """Samples the working cache's size while a stream runs."""
+
+    def __init__(self, repo: Path):
+        self.repo, self.peak, self._stop = repo, 0, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, _disk(self.repo))
+            except FileNotFoundError:  # a file freed while being counted
+                pass
+            time.sleep(0.002)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def test_sweep_of_12_revisions_stays_within_a_budget_of_2(mirror, tmp_path):
+    work = tmp_path / "work"
+    size = revision_bytes(mirror, REPO, REVS[0])
+    budget = 2 * size + size // 4  # two revisions (their sizes differ by a few bytes)
+    stories = _stories()
+    streamed, direct = {}, {}
+    repo = work / ("models--" + REPO.replace("/", "--"))
+    with _Monitor(repo) as mon, WeightStream(REPO, work, budget, mirror=mirror, prefetch=1) as ws:
+        for i, rev in enumerate(REVS):
+            ws.schedule(REVS[i:])
+            ws.acquire(rev)
+            streamed[rev] = extract(stories, model=REPO, revision=rev, hf_cache_dir=work, context_tokens=8,
+                                    cache=False, progress=False).get("tale", 2)
+            ws.done(rev)
+    assert ws.fetched == REVS  # each revision fetched exactly once
+    assert mon.peak <= budget and ws.peak_bytes <= budget
+    assert ws.peak_bytes > size  # prefetching did overlap two revisions
+    assert _disk(repo) == 0 and not list((repo / "snapshots").iterdir())  # every fetched revision freed
+    for rev in REVS:  # the same features as read from the mirror itself
+        direct = extract(stories, model=REPO, revision=rev, hf_cache_dir=mirror, context_tokens=8, cache=False,
+                         progress=False).get("tale", 2)
+        np.testing.assert_array_equal(streamed[rev], direct)
+    assert not np.array_equal(streamed[REVS[0]], streamed[REVS[-1]])
+
+
+def test_a_killed_stream_is_resumed_without_fetching_again(mirror, tmp_path):
+    work = tmp_path / "work"
+    first = WeightStream(REPO, work, mirror=mirror, prefetch=0)
+    first.acquire(REVS[0])
+    first.done(REVS[0])
+    first.acquire(REVS[1])  # ... and the run is killed while it holds step200
+    del first
+    again = WeightStream(REPO, work, mirror=mirror, prefetch=0)
+    again.acquire(REVS[1])
+    assert again.fetched == []  # reused, not fetched again
+    again.done(REVS[1])
+    assert revision_bytes(work, REPO, REVS[1]) is None  # and freed: the killed run fetched it
+    again.acquire(REVS[2])
+    assert again.fetched == [REVS[2]]
+
+
+def test_the_users_own_revisions_are_never_deleted(mirror, tmp_path):
+    work = tmp_path / "work"
+    keeper = WeightStream(REPO, work, mirror=mirror, prefetch=0, keep=True)
+    keeper.acquire(REVS[3])
+    keeper.done(REVS[3])  # keep=True: stays
+    assert revision_bytes(work, REPO, REVS[3]) is not None
+    # a revision in the cache that no stream fetched is the user's
+    (work / ".brainalign-weights.json").unlink()
+    ws = WeightStream(REPO, work, mirror=mirror, prefetch=0)
+    ws.acquire(REVS[3])
+    ws.done(REVS[3])
+    assert ws.fetched == [] and revision_bytes(work, REPO, REVS[3]) is not None
+
+
+def test_bad_budgets_and_sources_are_named():
+    assert parse_bytes("30GB") == 30 * 10**9 and parse_bytes("1.5 GiB") == int(1.5 * 2**30) and parse_bytes(None) is None
+    with pytest.raises(ValidationError, match="disk_budget: 'lots' is not a size"):
+        parse_bytes("lots")
+    with pytest.raises(ValidationError, match="must be positive"):
+        parse_bytes(0)
+    with pytest.raises(DataNotFoundError, match="holds no"):
+        WeightStream(REPO, "/tmp/unused-work", mirror="/nonexistent/mirror")
