@@ -6,6 +6,16 @@ into non-overlapping blocks (``block_length`` TRs, within stories: no block span
 stories; a story's last block takes the remainder when it is at least half a block,
 otherwise it joins the block before it) and whole blocks are resampled with replacement.
 
+``block_length`` is the *bootstrap's* block (``boot_block_length`` of
+:func:`brainalign.encoding.fit`, ``BOOTSTRAP["block_length"]`` of a sweep, which stores
+it in the ``bootstrap`` attribute). It is not the permutation test's ``block_size``
+(:func:`brainalign.encoding.stats.permutation_test`, config ``stats.block_size``): those
+blocks are shuffled without replacement, across the whole held-out series, to make a
+null for p-values. Two tests, two parameters, kept apart on purpose: do not merge them
+or rename one into the other (``permutation_test`` still reads its own old name
+``block_length`` as ``block_size``, with a DeprecationWarning; that is a keyword of the
+permutation test only).
+
 Each block's six sums (rows, ``y``, ``p``, ``y^2``, ``p^2``, ``yp``) per target are all a
 replicate needs: replicate ``b`` draws blocks with counts ``C[b]`` and its r comes from
 ``C @ sums``, a GEMM of ``n_boot x n_blocks`` by ``n_blocks x targets``. Targets are done
@@ -45,8 +55,9 @@ __all__ = [
     "roi_labels_for",
 ]
 
-#: TRs per block (40 s at a TR of 2 s: longer than the autocorrelation of BOLD noise
-#: and of the haemodynamic response of the predictions).
+#: TRs per bootstrap block (40 s at a TR of 2 s: longer than the autocorrelation of BOLD
+#: noise and of the haemodynamic response of the predictions). Not the permutation test's
+#: ``block_size`` (:func:`brainalign.encoding.stats.permutation_test`).
 DEFAULT_BLOCK_LENGTH = 20
 #: Bootstrap replicates.
 DEFAULT_N_BOOT = 200
@@ -59,7 +70,9 @@ def tr_blocks(story_lengths: Sequence[int], block_length: int = DEFAULT_BLOCK_LE
 
     Blocks are ``block_length`` rows within a story; a story's remainder forms its own
     block when it is at least half a block long and joins the last block otherwise (a
-    story shorter than half a block is one block).
+    story shorter than half a block is one block). These are the bootstrap's blocks, not
+    the permutation test's ``block_size`` (:func:`brainalign.encoding.stats.permutation_test`;
+    see this module's docstring).
     """
     if int(block_length) < 1:
         raise ValidationError(f"block_length must be a positive number of TRs, got {block_length!r}")

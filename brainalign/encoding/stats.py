@@ -138,6 +138,15 @@ def permutation_test(
     (``block_size`` was called ``block_length``; the old keyword still works, with a
     DeprecationWarning.)
 
+    ``block_size`` (config ``stats.block_size``) is the *permutation* test's block: the
+    whole held-out series is cut into blocks that are shuffled, without replacement, to
+    make a null. It is not the ROI bootstrap's ``block_length``
+    (:func:`brainalign.encoding.bootstrap.tr_blocks`, ``boot_block_length`` of
+    :func:`brainalign.encoding.fit`, ``BOOTSTRAP["block_length"]`` of a sweep): those
+    blocks lie within stories and are resampled with replacement for confidence
+    intervals. The two are set apart on purpose (different tests, different defaults);
+    do not merge them or rename one into the other.
+
     Returns
     -------
     pvalue : array (n_targets,); NaN where a column is constant.
@@ -196,7 +205,9 @@ def significance(
     """One-sided p-values of the held-out Pearson r of each target.
 
     ``test="sign"`` (default): :func:`~brainalign.encoding.significance.sign_randomisation_test`
-    over the held-out stories of ``lengths`` TRs; ``test="block"``: :func:`permutation_test`.
+    over the held-out stories of ``lengths`` TRs; ``test="block"``: :func:`permutation_test`
+    with blocks of ``block_size`` TRs (the permutation blocks, not the bootstrap's
+    ``block_length`` of :mod:`brainalign.encoding.bootstrap`; see :func:`permutation_test`).
     """
     if test == "sign":
         from .significance import sign_randomisation_test

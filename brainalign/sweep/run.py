@@ -40,6 +40,9 @@ __all__ = ["Checkpoint", "Plan", "make_plan", "load_dataset", "run", "run_checkp
 
 #: The block bootstrap of ROI scores every sweep stores (``roi_boot``): replicates, TRs
 #: per block, seed. Replicate ``b`` uses the same test-story blocks at every checkpoint.
+#: ``block_length`` is the bootstrap's block (:func:`brainalign.encoding.bootstrap.tr_blocks`),
+#: not the permutation test's ``stats.block_size`` (:func:`brainalign.encoding.stats.permutation_test`):
+#: two tests, two parameters, kept apart on purpose.
 BOOTSTRAP = {"n_boot": DEFAULT_N_BOOT, "block_length": DEFAULT_BLOCK_LENGTH, "seed": 0}
 
 
