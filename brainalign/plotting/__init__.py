@@ -4,9 +4,16 @@ Everything draws on matplotlib ``Figure`` objects without pyplot, so it runs hea
 (Agg) and returns the figure; functions with ``out=`` also write it (PNG/SVG/PDF).
 """
 
-from .curves import plot_aligned_curves, plot_curves, plot_layer_heatmap
+from .curves import (
+    plot_aligned_curves,
+    plot_curves,
+    plot_curves_grid,
+    plot_layer_heatmap,
+    plot_layer_heatmaps,
+    plot_subject_curves,
+)
 from .flat import FlatmapFigure, flat_coordinates, flatmap, flatmap_movie, save_figure, subject_flatmap, surface_views
-from .style import OKABE_ITO, PAPER_RC, palette, paper_style
+from .style import OKABE_ITO, PAPER_RC, line_styles, palette, paper_style
 
 __all__ = [
     "flatmap",
@@ -17,10 +24,14 @@ __all__ = [
     "FlatmapFigure",
     "save_figure",
     "plot_curves",
+    "plot_curves_grid",
+    "plot_subject_curves",
     "plot_layer_heatmap",
+    "plot_layer_heatmaps",
     "plot_aligned_curves",
     "OKABE_ITO",
     "PAPER_RC",
     "palette",
+    "line_styles",
     "paper_style",
 ]

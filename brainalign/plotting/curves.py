@@ -1,10 +1,16 @@
-"""Curves over training: ROI alignment vs tokens with subject bands and phases, the
-layer x checkpoint heatmap, and internal-state / downstream curves on the same axis."""
+"""Curves over training: ROI alignment vs tokens with subject bands and phases (one panel,
+or one small panel per ROI), per-subject curves, layer x checkpoint heatmaps, and
+internal-state / downstream curves on the same axis as the brain-alignment transitions.
+
+On a log training axis the untrained checkpoint (x == 0) is drawn at a separate "init"
+position left of the first positive x, behind an axis break (:class:`_TrainingAxis`)."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import textwrap
 import warnings
 from typing import Any, Mapping, Sequence
 
@@ -13,14 +19,20 @@ import numpy as np
 from ..errors import ValidationError
 from ._inputs import as_dataarray
 from .flat import save_figure
-from .style import palette, paper_style
+from .style import line_styles, palette, paper_style
 
-__all__ = ["plot_curves", "plot_layer_heatmap", "plot_aligned_curves", "phase_spans"]
+__all__ = ["plot_curves", "plot_curves_grid", "plot_subject_curves", "plot_layer_heatmap", "plot_layer_heatmaps",
+           "plot_aligned_curves", "phase_spans"]
 
 log = logging.getLogger(__name__)
 
 _PHASE_COLOURS = {"rising": "#009E73", "falling": "#D55E00", "flat": "#999999"}
 _XLABELS = {"tokens": "training tokens", "step": "training step"}
+#: decades (at least) between the "init" position and the first positive x
+_INIT_GAP = 0.5
+#: least distance (inches) between the "init" tick and the next labelled tick
+_INIT_CLEARANCE = 0.4
+_LEGENDS = ("outside", "inside", None)
 
 
 def _new_axes(ax, figsize):
@@ -32,6 +44,135 @@ def _new_axes(ax, figsize):
     fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)
     return fig, fig.add_subplot(111)
+
+
+class _TrainingAxis:
+    """Where the untrained checkpoint (x == 0) sits on a log training axis.
+
+    ``init`` lies ``max(0.5, 0.1 * range)`` decades left of the smallest positive x, and
+    an axis break (``//``) halfway between marks that the distance to it means nothing.
+    Without a zero (or on a linear axis) the mapping is the identity and ``init`` is None.
+    """
+
+    def __init__(self, *xs: Any, log: bool = True):
+        vals = np.concatenate([np.asarray(v, float).ravel() for v in xs]) if xs else np.array([])
+        pos = vals[np.isfinite(vals) & (vals > 0)]
+        self.log = log
+        self.init = self.brk = self.first = None
+        if log and pos.size and (vals == 0).any():
+            lo, hi = np.log10(pos.min()), np.log10(pos.max())
+            gap = max(_INIT_GAP, 0.1 * (hi - lo))
+            self.first = float(pos.min())
+            self.init, self.brk = 10.0 ** (lo - gap), 10.0 ** (lo - gap / 2)
+
+    def __call__(self, v):
+        """``v`` with zeros moved to the init position (an array, or a float for a float)."""
+        out = np.asarray(v, float)
+        if self.init is not None:
+            out = np.where(out == 0, self.init, out)
+        return float(out) if np.ndim(v) == 0 else out
+
+    def label(self, v: float) -> str:
+        """A tick label for a training-axis value: "init" for 0, else 2.05B-style."""
+        return "init" if v == 0 else _fmt_tokens(v)
+
+    def apply(self, ax) -> None:
+        """Log-scale ``ax``'s x axis (when log) with an "init" tick and the break mark."""
+        if not self.log:
+            return
+        ax.set_xscale("log")
+        if self.init is None:
+            return
+        ax.xaxis.set_major_locator(_BrokenLogLocator(self.init, self.brk))
+        ax.xaxis.set_minor_locator(_BrokenLogLocator(None, self.first * 0.999, subs=np.arange(2.0, 10.0)))
+        ax.xaxis.set_major_formatter(_InitFormatter(self.init))
+        _break_mark(ax, self.brk)
+
+
+def _ticker():
+    import matplotlib.ticker as mticker
+
+    return mticker
+
+
+class _BrokenLogLocator(_ticker().LogLocator):
+    """Log ticks right of ``start`` plus one at ``init`` (when given); a tick closer than
+    ``_INIT_CLEARANCE`` inches to ``init`` on screen is left out, so labels never collide."""
+
+    def __init__(self, init: float | None, start: float, subs: Any = (1.0,)):
+        super().__init__(subs=subs)
+        self._init, self._start = init, start
+
+    def tick_values(self, vmin, vmax):
+        vmin, vmax = sorted((vmin, vmax))
+        ticks = np.asarray(super().tick_values(max(vmin, self._start), max(vmax, self._start * 10)))
+        ticks = ticks[ticks >= self._start]
+        if self._init is None:
+            return ticks
+        if self.axis is not None and ticks.size:
+            ax = self.axis.axes
+            px = ax.transData.transform(np.c_[np.r_[self._init, ticks], np.ones(ticks.size + 1)])[:, 0]
+            ticks = ticks[np.abs(px[1:] - px[0]) >= _INIT_CLEARANCE * ax.figure.dpi]
+        return np.r_[self._init, ticks]
+
+
+class _InitFormatter(_ticker().LogFormatterSciNotation):
+    """Log tick labels, "init" at the init position."""
+
+    def __init__(self, init: float):
+        super().__init__()
+        self._init = init
+
+    def __call__(self, x, pos=None):
+        return "init" if np.isclose(x, self._init, rtol=1e-6) else super().__call__(x, pos)
+
+
+def _break_mark(ax, at: float) -> None:
+    """``//`` across the bottom spine at data x ``at``."""
+    ax.text(at, 0, "//", transform=ax.get_xaxis_transform(), ha="center", va="center", fontsize=8,
+            clip_on=False, zorder=6, gid="axis-break",
+            bbox=dict(boxstyle="square,pad=0.05", facecolor="white", edgecolor="none"))
+
+
+def _panel_grid(n: int, ncols: int, panel_size: tuple[float, float], *, sharex: bool = True,
+                sharey: bool = True, extra: tuple[float, float] = (0.0, 0.4)):
+    """A constrained figure of ``n`` panels in rows of ``ncols`` (unused cells removed),
+    ``extra`` inches (width, height) added for colour bars, legends and titles. Tick labels
+    only where no panel is below (x) or left (y, when shared)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if n < 1:
+        raise ValidationError("nothing to plot: no panels")
+    ncols = max(1, min(int(ncols), n))
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(ncols * panel_size[0] + extra[0], nrows * panel_size[1] + extra[1]), layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.subplots(nrows, ncols, sharex=sharex, sharey=sharey, squeeze=False)
+    axes = list(grid.ravel())
+    for ax in axes[n:]:
+        fig.delaxes(ax)
+    axes = axes[:n]
+    for i, ax in enumerate(axes):
+        ax.tick_params(labelbottom=not sharex or i + ncols >= n, labelleft=not sharey or i % ncols == 0)
+    return fig, axes
+
+
+def _legend(ax, mode: str | None, n: int):
+    """The curves' legend: right of the axes (``"outside"``, all entries, never over the
+    data), ``"inside"`` (matplotlib's best spot) or none; none for a single curve."""
+    if mode not in _LEGENDS:
+        raise ValidationError(f"legend={mode!r}: use 'outside', 'inside' or None")
+    if mode is None or n < 2:
+        return None
+    if mode == "inside":
+        return ax.legend(loc="best")
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, ncols=_legend_columns(n),
+                     handlelength=1.8, columnspacing=1.0)
+
+
+def _legend_columns(n: int) -> int:
+    return 1 if n <= 12 else 2
 
 
 def phase_spans(phases: Any) -> list[tuple[float, float, str]]:
@@ -67,21 +208,22 @@ def phase_spans(phases: Any) -> list[tuple[float, float, str]]:
     return out
 
 
-def _shade(ax, phases: Any, *, text: bool = True) -> None:
-    spans = phase_spans(phases)
+def _shade(ax, phases: Any, *, text: bool = True, xmap: "_TrainingAxis | None" = None) -> None:
+    xmap = xmap or _TrainingAxis(log=False)
+    spans = [(xmap(s), xmap(e), lab) for s, e, lab in phase_spans(phases)]
     for i, (s, e, lab) in enumerate(spans):
         colour = _PHASE_COLOURS.get(lab, palette(8)[i % 7])
         ax.axvspan(s, e, color=colour, alpha=0.10, lw=0, zorder=0)
         if i:
-            ax.axvline(s, color="0.4", lw=0.6, ls="--", zorder=1)
+            ax.axvline(s, color="0.4", lw=0.6, ls="--", zorder=1, gid="phase-boundary")
         if text and lab:
             xm = np.sqrt(s * e) if s > 0 and ax.get_xscale() == "log" else (s + e) / 2
-            ax.text(xm, 0.98, lab, transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=6, color="0.3")
+            ax.text(xm, 0.98, lab, transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=7, color="0.3")
     intervals = getattr(phases, "intervals", None)
     if intervals is not None:
         for lo, hi in np.asarray(intervals, dtype=float).reshape(-1, 2):
             if np.isfinite(lo) and np.isfinite(hi):
-                ax.axvspan(lo, hi, ymin=0, ymax=0.03, color="0.2", lw=0, zorder=2)
+                ax.axvspan(xmap(lo), xmap(hi), ymin=0, ymax=0.03, color="0.2", lw=0, zorder=2)
 
 
 def _x_of(obj, x: str) -> np.ndarray:
@@ -117,16 +259,18 @@ def plot_curves(
     var: str | None = None,
     layer: "int | str" = "best",
     log_x: bool = True,
+    legend: str | None = "outside",
     ax=None,
     title: str | None = None,
     ylabel: str | None = None,
-    figsize: tuple[float, float] = (3.5, 2.4),
+    figsize: tuple[float, float] | None = None,
     out: "str | os.PathLike | None" = None,
 ):
     """Alignment against training progress, one line per ROI: the subject mean, with its
     block-bootstrap interval as a band when the Dataset has one (``<var>_lo`` and
     ``<var>_hi``, as :func:`brainalign.sweep.analyze.roi_curves` gives for a store with
-    bootstrap replicates), else ± SEM over subjects.
+    bootstrap replicates), else ± SEM over subjects. The untrained checkpoint (x == 0)
+    is shown at an "init" position on a log axis. Past ~8 ROIs see :func:`plot_curves_grid`.
 
     Parameters
     ----------
@@ -139,7 +283,7 @@ def plot_curves(
         Shaded behind the curves (see :func:`phase_spans`); a dict shades the first
         plotted ROI's phases.
     rois : list of str, optional
-        Which ROIs (default all, up to 8).
+        Which ROIs (default all).
     var : str, optional
         Variable of a Dataset (default its ``var`` attribute, else "score").
     layer : int, "best" or "max"
@@ -147,6 +291,13 @@ def plot_curves(
         (:func:`brainalign.rois.choose_layer`: by the subject-mean training-story CV
         score when the Dataset has ``cv_score``, else by the held-out score, with a
         warning), or the max over layers per subject.
+    legend : "outside", "inside" or None
+        "outside": right of the axes, every ROI listed (two columns past 12); the
+        default figure is widened for it. With ``ax=`` of a shared figure, make that
+        figure ``layout="constrained"`` so the legend gets its room; for raw and
+        normalised panels side by side, give the legend to the right panel only.
+    ax : matplotlib Axes, optional
+        Draw into it (its figure is returned) instead of a new figure.
 
     Returns
     -------
@@ -155,26 +306,176 @@ def plot_curves(
     series, var = _curve_series(roi_curves, x, var, layer, rois)
     if not series:
         raise ValidationError("roi_curves: nothing to plot")
+    _legend(None, legend, 0)  # check the mode before drawing
+    if figsize is None:
+        wide = legend == "outside" and len(series) > 1
+        figsize = (3.5 + (1.3 * _legend_columns(len(series)) if wide else 0.0), 2.4)
+    tax = _TrainingAxis(*[s[1] for s in series], log=log_x)
     with paper_style():
         fig, ax = _new_axes(ax, figsize)
-        if log_x:
-            ax.set_xscale("log")
-        for (name, xs, ys, lo, hi), colour in zip(series, palette(len(series))):
-            ax.plot(xs, ys, color=colour, label=name, marker="o", ms=2.0)
-            if lo is not None and np.isfinite(lo).any():
-                ax.fill_between(xs, lo, hi, color=colour, alpha=0.25, lw=0)
+        for (name, xs, ys, lo, hi), (colour, ls) in zip(series, line_styles(len(series))):
+            _draw_series(ax, tax(xs), ys, lo, hi, colour=colour, ls=ls, label=name)
         if phases is not None:
             ph = phases.get(series[0][0]) if isinstance(phases, Mapping) else phases
-            _shade(ax, ph)
-        ax.set_xlabel(_XLABELS.get(x, x) + (" (log)" if log_x else ""))
+            _shade(ax, ph, xmap=tax)
+        tax.apply(ax)
+        ax.set_xlabel(_xlabel(x, log_x))
         ax.set_ylabel(ylabel or _ylabel(var))
-        if len(series) > 1:
-            ax.legend(loc="best")
+        _legend(ax, legend, len(series))
         if title:
             ax.set_title(title)
     if out is not None:
         save_figure(fig, out)
     return fig
+
+
+def _draw_series(ax, xs, ys, lo, hi, *, colour: str, ls: str = "-", label: str | None = None) -> None:
+    """One curve with markers, and its band when it has one."""
+    ax.plot(xs, ys, color=colour, ls=ls, label=label, marker="o", ms=2.0)
+    if lo is not None and np.isfinite(lo).any():
+        ax.fill_between(xs, lo, hi, color=colour, alpha=0.25, lw=0)
+
+
+def _xlabel(x: str, log_x: bool) -> str:
+    return _XLABELS.get(x, x) + (" (log)" if log_x else "")
+
+
+def plot_curves_grid(
+    roi_curves: Any,
+    x: str = "tokens",
+    phases: Any = None,
+    *,
+    var: str | None = None,
+    rois: Sequence[str] | None = None,
+    layer: "int | str" = "best",
+    log_x: bool = True,
+    ncols: int = 4,
+    sharey: bool = True,
+    panel_size: tuple[float, float] = (2.4, 1.8),
+    title: str | None = None,
+    ylabel: str | None = None,
+    out: "str | os.PathLike | None" = None,
+):
+    """Small multiples of :func:`plot_curves`: one panel per ROI (titled with its name),
+    its subject-mean curve and band (``<var>_lo``/``<var>_hi`` when present, else ± SEM
+    over subjects), its own phases shaded, all panels on one training axis and (with
+    ``sharey``) one y scale.
+
+    Parameters
+    ----------
+    roi_curves, x, var, rois, layer, log_x :
+        As for :func:`plot_curves` (every ROI by default).
+    phases : dict roi -> PhaseResult (or spans), or one PhaseResult / spans for every panel
+        Shaded behind each ROI's curve; a figure legend names the phase colours.
+    ncols : int
+        Panels per row.
+    panel_size : (width, height) in inches of one panel.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    series, var = _curve_series(roi_curves, x, var, layer, rois)
+    if not series:
+        raise ValidationError("roi_curves: nothing to plot")
+    tax = _TrainingAxis(*[s[1] for s in series], log=log_x)
+    labels: set[str] = set()
+    with paper_style():
+        fig, axes = _panel_grid(len(series), ncols, panel_size, sharey=sharey, extra=(0.3, 0.7))
+        for ax, (name, xs, ys, lo, hi), (colour, ls) in zip(axes, series, line_styles(len(series))):
+            _draw_series(ax, tax(xs), ys, lo, hi, colour=colour, ls=ls, label=name)
+            ph = phases.get(name) if isinstance(phases, Mapping) else phases
+            if ph is not None:
+                _shade(ax, ph, text=False, xmap=tax)
+                labels |= {lab for _, _, lab in phase_spans(ph) if lab}
+            tax.apply(ax)
+            ax.set_title(name)
+        fig.supxlabel(_xlabel(x, log_x), fontsize=8)
+        fig.supylabel(ylabel or _ylabel(var), fontsize=8)
+        if labels:
+            _phase_legend(fig, sorted(labels))
+        if title:
+            fig.suptitle(title)
+    if out is not None:
+        save_figure(fig, out)
+    return fig
+
+
+def _phase_legend(fig, labels: Sequence[str]) -> None:
+    """A figure legend of the phase shading colours, right of the panels."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(facecolor=_PHASE_COLOURS.get(lab, "0.6"), alpha=0.25, label=lab) for lab in labels]
+    fig.legend(handles=handles, loc="outside right upper", title="phase")
+
+
+def plot_subject_curves(
+    scores: Any,
+    x: str = "tokens",
+    *,
+    rois: Sequence[str] | None = None,
+    var: str | None = None,
+    log_x: bool = True,
+    ncols: int = 4,
+    panel_size: tuple[float, float] = (2.4, 1.8),
+    title: str | None = None,
+    ylabel: str | None = None,
+    out: "str | os.PathLike | None" = None,
+):
+    """Each subject's curve: one panel per ROI, a thin line per subject (same colour for a
+    subject in every panel; the figure legend names them) and the subject mean in bold.
+
+    Parameters
+    ----------
+    scores : xarray.DataArray (subject, roi, checkpoint) at the chosen layer, with a
+        ``tokens``/``step`` coordinate on checkpoint (no ``roi``: one panel), or a
+        Dataset with such a variable ``var``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    da, var = as_dataarray(scores, var, what="scores (a DataArray (subject, roi, checkpoint))")
+    if "roi" not in da.dims:
+        da = da.expand_dims(roi=[da.name or "curve"])
+    if set(da.dims) != {"subject", "roi", "checkpoint"}:
+        raise ValidationError(f"scores need dims (subject, roi, checkpoint); got {da.dims}: select a layer first")
+    names = _roi_names(da, rois)
+    xs = _x_of(da, x)
+    order = np.argsort(xs)
+    tax = _TrainingAxis(xs, log=log_x)
+    xs = tax(xs[order])
+    subjects = [str(v) for v in da["subject"].values]
+    with paper_style():
+        fig, axes = _panel_grid(len(names), ncols, panel_size, extra=(0.9, 0.5))
+        for ax, name in zip(axes, names):
+            ys = np.asarray(da.sel(roi=name).transpose("checkpoint", "subject").values, float)[order]
+            for j, (subj, colour) in enumerate(zip(subjects, palette(len(subjects)))):
+                ax.plot(xs, ys[:, j], color=colour, lw=0.7, alpha=0.85, label=subj)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ax.plot(xs, np.nanmean(ys, axis=1), color="black", lw=1.8, label="subject mean")
+            tax.apply(ax)
+            ax.set_title(name)
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper")
+        fig.supxlabel(_xlabel(x, log_x), fontsize=8)
+        fig.supylabel(ylabel or _ylabel(var), fontsize=8)
+        if title:
+            fig.suptitle(title)
+    if out is not None:
+        save_figure(fig, out)
+    return fig
+
+
+def _roi_names(da, rois: Sequence[str] | None) -> list[str]:
+    """``rois`` (checked against ``da``'s roi coordinate), else all of them."""
+    have = [str(r) for r in da["roi"].values]
+    if rois is None:
+        return have
+    missing = [r for r in rois if r not in have]
+    if missing:
+        raise ValidationError(f"no ROI {missing[0]!r}; have {', '.join(have)}")
+    return list(rois)
 
 
 #: one plotted curve: (name, x, y, band low, band high)
@@ -207,13 +508,11 @@ def _curve_series(roi_curves: Any, x: str, var: str | None, layer: Any,
         lo_da, hi_da = ds[f"{var}_lo"], ds[f"{var}_hi"]
     if "roi" not in da.dims:
         da = da.expand_dims(roi=[da.name or "curve"])
-    names = list(rois) if rois is not None else [str(r) for r in da["roi"].values[:8]]
+    names = _roi_names(da, rois)
     xs = _x_of(da, x)
     order = np.argsort(xs)
     series = []
     for name in names:
-        if name not in da["roi"].values:
-            raise ValidationError(f"no ROI {name!r}; have {', '.join(map(str, da['roi'].values))}")
         mean, lo, hi = _mean_and_band(da.sel(roi=name), order)
         if lo_da is not None and ("roi" not in lo_da.dims or name in lo_da["roi"].values):
             lo = np.asarray((lo_da.sel(roi=name) if "roi" in lo_da.dims else lo_da).values, float)[order]
@@ -240,13 +539,24 @@ def _mean_and_band(d, order: np.ndarray):
 
 
 def _ylabel(var: str | None) -> str:
+    """An axis label for a variable name: ``score``, ``score_mean``, ``best_score`` ->
+    "brain alignment (r)"; anything normalised (``score_normalised``, ``score_norm_mean``)
+    -> "alignment / noise ceiling"; unknown names with spaces for underscores."""
+    if var is None:
+        return "brain alignment (r)"
+    base = var[len("best_"):] if var.startswith("best_") else var
+    for suffix in ("_mean", "_median"):
+        base = base[: -len(suffix)] if base.endswith(suffix) else base
+    if "norm" in base:
+        return "alignment / noise ceiling"
     return {
-        None: "brain alignment (r)",
         "score": "brain alignment (r)",
-        "score_normalised": "alignment / noise ceiling",
+        "roi_score": "brain alignment (r)",
+        "cv_score": "training-story CV r",
+        "ceiling": "noise ceiling",
         "fraction_significant": "fraction significant",
         "r2": "R²",
-    }.get(var, var or "value")
+    }.get(base, var.replace("_", " "))
 
 
 def plot_layer_heatmap(
@@ -299,30 +609,114 @@ def plot_layer_heatmap(
     da = da.transpose("layer", "checkpoint")
     xs = _x_of(da, x) if x in da.coords else np.arange(da.sizes["checkpoint"], dtype=float)
     order = np.argsort(xs)
-    z = np.asarray(da.values, dtype=float)[:, order]
-    layers = np.asarray(da["layer"].values)
     with paper_style():
         fig, ax = _new_axes(ax, figsize)
-        im = ax.imshow(z, aspect="auto", origin="lower", cmap=cmap, interpolation="nearest")
-        ax.set_yticks(np.arange(len(layers)))
-        ax.set_yticklabels([str(v) for v in layers])
-        step = max(1, len(order) // 6)
-        ticks = np.arange(0, len(order), step)
-        ax.set_xticks(ticks)
-        ax.set_xticklabels([_fmt_tokens(xs[order][t]) for t in ticks], rotation=0)
+        im = _draw_heatmap(ax, da, xs, order, cmap=cmap, best=_chosen_layers(da, best, order) if mark_best else None,
+                           max_ticks=6)
         ax.set_xlabel(_XLABELS.get(x, x))
         ax.set_ylabel("layer")
-        if mark_best:
-            chosen = _chosen_layers(da, best, order)
-            pos = {float(v): i for i, v in enumerate(layers)}
-            rows = np.array([pos.get(float(v), np.nan) if np.isfinite(v) else np.nan for v in chosen])
-            ok = np.isfinite(rows)
-            ax.plot(np.flatnonzero(ok), rows[ok], color="white", marker="o", ms=2.5, lw=0.8)
         cb = fig.colorbar(im, ax=ax)
         cb.set_label(_ylabel(var))
         if title:
             ax.set_title(title)
-        ax.spines[["top", "right"]].set_visible(True)
+    if out is not None:
+        save_figure(fig, out)
+    return fig
+
+
+def _draw_heatmap(ax, da, xs: np.ndarray, order: np.ndarray, *, cmap: str, norm=None, best: Any = None,
+                  join_best: bool = True, max_ticks: int = 6):
+    """``da`` (layer, checkpoint) as an image, checkpoints in ``order`` and labelled by
+    ``xs`` (an untrained checkpoint as "init", split off by a white gap and ``//``); the
+    chosen layer of each checkpoint (``best``, in ``order``) as white dots."""
+    z = np.asarray(da.values, dtype=float)[:, order]
+    xs = xs[order]
+    layers = np.asarray(da["layer"].values)
+    im = ax.imshow(z, aspect="auto", origin="lower", cmap=cmap, norm=norm, interpolation="nearest")
+    ystep = max(1, math.ceil(len(layers) / 6))
+    ax.set_yticks(np.arange(0, len(layers), ystep))
+    ax.set_yticklabels([str(v) for v in layers[::ystep]])
+    ticks = np.arange(0, len(xs), max(1, math.ceil(len(xs) / max_ticks)))
+    tax = _TrainingAxis(xs)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([tax.label(xs[t]) for t in ticks], rotation=0)
+    if best is not None:
+        pos = {float(v): i for i, v in enumerate(layers)}
+        rows = np.array([pos.get(float(v), np.nan) if np.isfinite(v) else np.nan for v in best])
+        ok = np.isfinite(rows)
+        ax.plot(np.flatnonzero(ok), rows[ok], color="white", marker="o", ms=2.5, lw=0.8, ls="-" if join_best else "none",
+                gid="best-layer")
+    if len(xs) > 1 and xs[0] == 0:
+        ax.axvline(0.5, color="white", lw=2.0)
+        _break_mark(ax, 0.5)
+    ax.spines[["top", "right"]].set_visible(True)
+    return im
+
+
+def plot_layer_heatmaps(
+    scores: Any,
+    best: Any = None,
+    x: str = "tokens",
+    *,
+    rois: Sequence[str] | None = None,
+    var: str | None = None,
+    cmap: str = "viridis",
+    ncols: int = 4,
+    panel_size: tuple[float, float] = (2.6, 1.9),
+    title: str | None = None,
+    out: "str | os.PathLike | None" = None,
+):
+    """Layer × checkpoint heatmaps, one per ROI, on one colour scale with one colour bar.
+
+    Parameters
+    ----------
+    scores : xarray.DataArray (roi, layer, checkpoint) with a ``tokens``/``step``
+        coordinate on checkpoint (a ``subject`` dimension is averaged), or an
+        aggregate() Dataset (its subject mean ``<var>_mean``; ``best_layer`` as ``best``).
+    best : xarray.DataArray (roi, checkpoint), optional
+        The chosen layer per ROI and checkpoint, drawn as white dots.
+    rois : list of str, optional
+        Which ROIs (default all), in panel order.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import xarray as xr
+    from matplotlib.colors import Normalize
+
+    da, var = as_dataarray(scores, var, what="scores (a DataArray (roi, layer, checkpoint))", prefer_mean=True)
+    if best is None and isinstance(scores, xr.Dataset) and "best_layer" in scores:
+        best = scores["best_layer"]
+    if "subject" in da.dims:
+        da = da.mean("subject")
+    if set(da.dims) != {"roi", "layer", "checkpoint"}:
+        raise ValidationError(f"scores need dims (roi, layer, checkpoint), got {da.dims}")
+    names = _roi_names(da, rois)
+    da = da.sel(roi=names).transpose("roi", "layer", "checkpoint")
+    xs = _x_of(da, x) if x in da.coords else np.arange(da.sizes["checkpoint"], dtype=float)
+    order = np.argsort(xs)
+    vals = np.asarray(da.values, float)
+    if not np.isfinite(vals).any():
+        raise ValidationError("scores: no finite values to plot")
+    norm = Normalize(float(np.nanmin(vals)), float(np.nanmax(vals)))
+    with paper_style():
+        fig, axes = _panel_grid(len(names), ncols, panel_size, extra=(0.7, 0.5))
+        for ax, name in zip(axes, names):
+            d = da.sel(roi=name)
+            chosen = None
+            if best is not None:
+                b = best.sel(roi=name) if isinstance(best, xr.DataArray) and "roi" in best.dims else best
+                chosen = _chosen_layers(d, b, order)
+            im = _draw_heatmap(ax, d, xs, order, cmap=cmap, norm=norm, best=chosen, join_best=False,
+                               max_ticks=4)
+            ax.set_title(name)
+        cb = fig.colorbar(im, ax=axes, shrink=0.9, aspect=30)
+        cb.set_label(_ylabel(var))
+        fig.supxlabel(_XLABELS.get(x, x), fontsize=8)
+        fig.supylabel("layer", fontsize=8)
+        if title:
+            fig.suptitle(title)
     if out is not None:
         save_figure(fig, out)
     return fig
@@ -356,6 +750,8 @@ def plot_aligned_curves(
     x_label: str = "training tokens",
     log_x: bool = True,
     phases: Any = None,
+    transitions: Sequence[tuple] | None = None,
+    panel_phases: Mapping[str, Any] | None = None,
     overlay: bool = False,
     figsize: tuple[float, float] | None = None,
     title: str | None = None,
@@ -368,26 +764,75 @@ def plot_aligned_curves(
     curves : dict name -> (x, y), (x, y, sem), or a 1-D DataArray over checkpoint with
         a ``tokens`` coordinate.
     overlay : bool
-        False: one panel per curve, sharing the x axis (units differ). True: one
-        panel with each curve min-max scaled to [0, 1].
+        False: one compact panel per curve (about 1.1 in tall, its name left of it),
+        sharing the x axis (units differ). True: one panel with each curve min-max
+        scaled to [0, 1].
     phases : spans or PhaseResult, shaded on every panel.
+    transitions : list of (x, lo, hi, label), optional
+        E.g. the brain-alignment transitions with their intervals: a vertical line at
+        ``x`` and a light band over ``[lo, hi]`` (NaN: no band) across every panel,
+        ``label`` above the top panel.
+    panel_phases : dict curve name -> PhaseResult (or transition times), optional
+        Each curve's own detected transitions, marked in its panel only: a triangle at
+        the top of the panel at the transition and a bar over its interval.
 
     Returns
     -------
     matplotlib.figure.Figure
     """
-    import xarray as xr
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    items = _aligned_items(curves)
+    transitions = [_transition_row(t) for t in (transitions or [])]
+    unknown = set(panel_phases or {}) - {name for name, *_ in items}
+    if unknown:
+        raise ValidationError(f"panel_phases: no curve {sorted(unknown)[0]!r}; have {', '.join(n for n, *_ in items)}")
+    tax = _TrainingAxis(*[it[1] for it in items], [t[0] for t in transitions], log=log_x)
+    n = 1 if overlay else len(items)
+    with paper_style():
+        fig = Figure(figsize=figsize or (5.2, 0.55 + 1.1 * n), layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
+        for i, ((name, xs, ys, sem), colour) in enumerate(zip(items, palette(len(items)))):
+            ax = axes[0 if overlay else i]
+            if overlay:
+                lo, hi = np.nanmin(ys), np.nanmax(ys)
+                ax.plot(tax(xs), (ys - lo) / ((hi - lo) or 1.0), color=colour, label=name)
+            else:
+                _draw_series(ax, tax(xs), ys, None if sem is None else ys - sem, None if sem is None else ys + sem,
+                             colour=colour)
+                ax.set_ylabel(textwrap.fill(name, 16), rotation=0, ha="right", va="center")
+                ax.yaxis.set_major_locator(_ticker().MaxNLocator(3))
+            if panel_phases and name in panel_phases:
+                _mark_transitions(ax, _transition_times(panel_phases[name]), tax, colour)
+        for ax in axes:
+            if phases is not None:
+                _shade(ax, phases, text=ax is axes[0], xmap=tax)
+            _draw_transitions(ax, transitions, tax, labels=ax is axes[0])
+            tax.apply(ax)
+        if overlay:
+            axes[0].set_ylabel("scaled (min–max)")
+            axes[0].legend(loc="best")
+        fig.align_ylabels(axes)
+        axes[-1].set_xlabel(x_label + (" (log)" if log_x else ""))
+        if title:
+            fig.suptitle(title)
+    if out is not None:
+        save_figure(fig, out)
+    return fig
+
+
+def _aligned_items(curves: Mapping[str, Any]) -> list[tuple[str, np.ndarray, np.ndarray, "np.ndarray | None"]]:
+    """``curves`` as sorted (name, x, y, sem or None), checked."""
+    import xarray as xr
 
     if not curves:
         raise ValidationError("curves: give at least one curve")
     items = []
     for name, c in curves.items():
         if isinstance(c, xr.DataArray):
-            xs = _x_of(c, "tokens")
-            ys = np.asarray(c.values, float)
-            sem = None
+            xs, ys, sem = _x_of(c, "tokens"), np.asarray(c.values, float), None
         else:
             t = tuple(c)
             if len(t) not in (2, 3):
@@ -398,33 +843,53 @@ def plot_aligned_curves(
             raise ValidationError(f"curves[{name!r}]: x and y must be 1-D and the same length")
         o = np.argsort(xs)
         items.append((str(name), xs[o], ys[o], None if sem is None else sem[o]))
-    n = 1 if overlay else len(items)
-    with paper_style():
-        fig = Figure(figsize=figsize or (3.6, 1.0 + 1.1 * n), layout="constrained")
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
-        for i, ((name, xs, ys, sem), colour) in enumerate(zip(items, palette(len(items)))):
-            ax = axes[0 if overlay else i]
-            if log_x:
-                ax.set_xscale("log")
-            if overlay:
-                lo, hi = np.nanmin(ys), np.nanmax(ys)
-                span = (hi - lo) or 1.0
-                ax.plot(xs, (ys - lo) / span, color=colour, label=name)
-            else:
-                ax.plot(xs, ys, color=colour, marker="o", ms=1.8)
-                if sem is not None:
-                    ax.fill_between(xs, ys - sem, ys + sem, color=colour, alpha=0.25, lw=0)
-                ax.set_ylabel(name)
-        for ax in axes:
-            if phases is not None:
-                _shade(ax, phases, text=ax is axes[0])
-        if overlay:
-            axes[0].set_ylabel("scaled (min–max)")
-            axes[0].legend(loc="best")
-        axes[-1].set_xlabel(x_label + (" (log)" if log_x else ""))
-        if title:
-            fig.suptitle(title)
-    if out is not None:
-        save_figure(fig, out)
-    return fig
+    return items
+
+
+def _transition_row(t: Any) -> tuple[float, float, float, str]:
+    """One ``transitions=`` entry as (x, lo, hi, label)."""
+    t = tuple(t)
+    if len(t) not in (1, 3, 4):
+        raise ValidationError(f"transitions: each is (x, lo, hi, label), got {t!r}")
+    at = float(t[0])
+    lo, hi = (float(t[1]), float(t[2])) if len(t) >= 3 else (np.nan, np.nan)
+    if not np.isfinite(at):
+        raise ValidationError(f"transitions: x must be finite, got {t!r}")
+    return at, lo, hi, str(t[3]) if len(t) == 4 else ""
+
+
+def _transition_times(ph: Any) -> list[tuple[float, float, float]]:
+    """(x, lo, hi) of each transition of a PhaseResult (its ``transitions``, else its
+    ``breakpoints`` and ``intervals``), or of a list of times or (x, lo, hi) rows."""
+    if getattr(ph, "transitions", None):
+        return [(float(tr.at), *map(float, tr.interval)) for tr in ph.transitions]
+    if hasattr(ph, "breakpoints"):
+        bps = np.asarray(ph.breakpoints, float).ravel()
+        ivs = np.asarray(getattr(ph, "intervals", np.full((len(bps), 2), np.nan)), float).reshape(-1, 2)
+        if len(ivs) != len(bps):
+            ivs = np.full((len(bps), 2), np.nan)
+        return [(float(b), float(lo), float(hi)) for b, (lo, hi) in zip(bps, ivs)]
+    return [_transition_row(t if np.ndim(t) else (t,))[:3] for t in ph]
+
+
+def _draw_transitions(ax, transitions: Sequence[tuple[float, float, float, str]], tax: "_TrainingAxis", *,
+                      labels: bool) -> None:
+    """Each (x, lo, hi, label): a vertical line and a light interval band; the label on top."""
+    for at, lo, hi, label in transitions:
+        ax.axvline(tax(at), color="0.2", lw=0.9, zorder=3, gid="transition")
+        if np.isfinite(lo) and np.isfinite(hi):
+            ax.axvspan(tax(lo), tax(hi), color="0.55", alpha=0.18, lw=0, zorder=0, gid="transition-interval")
+        if labels and label:
+            ax.text(tax(at), 1.02, label, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                    fontsize=7, color="0.2")
+
+
+def _mark_transitions(ax, times: Sequence[tuple[float, float, float]], tax: "_TrainingAxis", colour: str) -> None:
+    """A panel's own transitions: a downward triangle at the top edge, a bar over the interval."""
+    trans = ax.get_xaxis_transform()
+    for at, lo, hi in times:
+        if np.isfinite(lo) and np.isfinite(hi):
+            ax.plot([tax(lo), tax(hi)], [0.97, 0.97], transform=trans, color=colour, lw=2.0, alpha=0.5,
+                    solid_capstyle="butt", clip_on=False, gid="panel-transition-interval")
+        ax.plot([tax(at)], [0.97], transform=trans, marker="v", ms=5, color=colour, ls="none", clip_on=False,
+                zorder=5, gid="panel-transition")

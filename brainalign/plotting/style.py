@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-__all__ = ["OKABE_ITO", "PAPER_RC", "paper_style", "palette"]
+__all__ = ["OKABE_ITO", "PAPER_RC", "paper_style", "palette", "line_styles"]
 
 #: Okabe & Ito (2008) colour-blind safe palette (black first is left out: it is the text colour)
 OKABE_ITO = (
@@ -59,3 +59,14 @@ def paper_style() -> Iterator[None]:
     rc["axes.prop_cycle"] = cycler(color=list(OKABE_ITO))
     with mpl.rc_context(rc):
         yield
+
+
+#: line styles that tell curves apart once the 8 colours are used up
+_DASHES = ("-", "--", ":", "-.")
+
+
+def line_styles(n: int) -> list[tuple[str, str]]:
+    """``n`` distinct (colour, linestyle) pairs: the Okabe-Ito colours with solid lines,
+    then the same colours dashed, dotted and dash-dotted (so 14 ROIs stay 14 curves)."""
+    k = len(OKABE_ITO)
+    return [(OKABE_ITO[i % k], _DASHES[(i // k) % len(_DASHES)]) for i in range(n)]
