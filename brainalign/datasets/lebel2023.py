@@ -226,6 +226,30 @@ def load(
     if root is None:
         raise ValidationError("lebel2023: root= (the ds003020 folder) is required")
     root = Path(root).expanduser()
+    found, subjects = _subjects(root, subjects)
+    respdict = _read_respdict(root)
+    files = _response_files(root, found, subjects, stories)
+    names = sorted({st for _, st in files})
+    story_objs = _read_stories(root, names, respdict, subjects, tr)
+    n_trs = {s.name: s.n_trs for s in story_objs}
+    if check_shapes:
+        for subj in subjects:
+            _check_shapes(subj, files, n_trs, respdict)
+    loaders = {k: (lambda p=p: _read_hf5(p)) for k, p in files.items()}
+    responses = Responses(loaders, {k: str(p) for k, p in files.items()}, n_trs)
+    train, test = _split(root, subjects, names, n_trs, test_stories, train_stories)
+    spaces, surface_notes = _subject_spaces(subjects, files, root, surfaces=surfaces, pycortex_db=pycortex_db,
+                                            freesurfer_dir=freesurfer_dir, xfm=xfm)
+    repeats = _repeat_loaders(Path(repeats_dir).expanduser(), subjects, test, n_trs, spaces, check_shapes) \
+        if repeats_dir is not None else {}
+    info: dict[str, Any] = {"root": str(root), "respdict": {n: respdict[n] for n in names}, "tr": tr,
+                            "surfaces": surface_notes,
+                            "ceiling": f"from the repeats in {repeats_dir}" if repeats else NO_REPEATS}
+    return Dataset("lebel2023", story_objs, subjects, spaces, responses, train, test, repeats=repeats, info=info)
+
+
+def _subjects(root: Path, subjects: Sequence[str] | None) -> tuple[dict[str, Path], list[str]]:
+    """The subject folders under ``root`` and the subjects asked for (default: all), each with a folder."""
     found = _subject_dirs(root)
     subjects = list(subjects) if subjects is not None else list(found)
     missing = [s for s in subjects if s not in found]
@@ -236,8 +260,13 @@ def load(
         )
     if not subjects:
         raise DataNotFoundError(f"lebel2023: no subject folders under {root / DERIV / 'preprocessed_data'}")
-    respdict = _read_respdict(root)
+    return found, subjects
 
+
+def _response_files(
+    root: Path, found: dict[str, Path], subjects: list[str], stories: Sequence[str] | None
+) -> dict[tuple[str, str], Path]:
+    """Each subject's ``.hf5`` files by (subject, story), of ``stories`` only when given; all downloaded."""
     files: dict[tuple[str, str], Path] = {}
     pointers: list[Path] = []
     for subj in subjects:
@@ -254,7 +283,13 @@ def load(
             f"lebel2023: {len(pointers)} response files are git-annex pointers, not data (first: {pointers[0]}). "
             f"Get them with `{get_command(root, sorted({p.parent.name for p in pointers}))}`"
         )
-    names = sorted({st for _, st in files})
+    return files
+
+
+def _read_stories(root: Path, names: list[str], respdict: dict[str, int], subjects: list[str], tr: float) -> list[Story]:
+    """The stories ``names`` from their TextGrids, on the TR grid their ``respdict`` counts give."""
+    from ..transcripts import story_from_textgrid
+
     story_objs: list[Story] = []
     for name in names:
         if name not in respdict:
@@ -264,32 +299,39 @@ def load(
             raise NotDownloadedError(f"TextGrid {tg} is a git-annex pointer, not the data. Get it with `{get_command(root, subjects)}`")
         if not tg.exists():
             raise DataNotFoundError(f"lebel2023: story {name!r} has responses but no transcript: {tg} does not exist")
-        from ..transcripts import story_from_textgrid
-
         story_objs.append(story_from_textgrid(tg, tr, lebel_tr_times(respdict[name], tr=tr), name=name))
-    n_trs = {s.name: s.n_trs for s in story_objs}
+    return story_objs
 
-    if check_shapes:
-        for subj in subjects:
-            seen: tuple[int, Path] | None = None
-            for (s, name), p in files.items():
-                if s != subj:
-                    continue
-                shape = _hf5_shape(p)
-                if len(shape) != 2:
-                    raise ValidationError(f"{p}: dataset 'data' must be 2-D (TRs x voxels), got shape {shape}")
-                if shape[0] != n_trs[name]:
-                    raise ValidationError(
-                        f"{p}: has {shape[0]} TRs but respdict.json says {respdict[name]} untrimmed TRs, which gives "
-                        f"{n_trs[name]} rows after trimming; features and responses would not line up"
-                    )
-                if seen is None:
-                    seen = (shape[1], p)
-                elif shape[1] != seen[0]:
-                    raise ValidationError(f"{p}: has {shape[1]} voxels but {seen[1]} has {seen[0]}; a subject's stories must share voxels")
 
-    loaders = {k: (lambda p=p: _read_hf5(p)) for k, p in files.items()}
-    responses = Responses(loaders, {k: str(p) for k, p in files.items()}, n_trs)
+def _check_shapes(subj: str, files: dict[tuple[str, str], Path], n_trs: dict[str, int], respdict: dict[str, int]) -> None:
+    """Each of ``subj``'s ``.hf5`` headers: 2-D, the story's rows, the voxels of the subject's other stories."""
+    seen: tuple[int, Path] | None = None
+    for (s, name), p in files.items():
+        if s != subj:
+            continue
+        shape = _hf5_shape(p)
+        if len(shape) != 2:
+            raise ValidationError(f"{p}: dataset 'data' must be 2-D (TRs x voxels), got shape {shape}")
+        if shape[0] != n_trs[name]:
+            raise ValidationError(
+                f"{p}: has {shape[0]} TRs but respdict.json says {respdict[name]} untrimmed TRs, which gives "
+                f"{n_trs[name]} rows after trimming; features and responses would not line up"
+            )
+        if seen is None:
+            seen = (shape[1], p)
+        elif shape[1] != seen[0]:
+            raise ValidationError(f"{p}: has {shape[1]} voxels but {seen[1]} has {seen[0]}; a subject's stories must share voxels")
+
+
+def _split(
+    root: Path,
+    subjects: list[str],
+    names: list[str],
+    n_trs: dict[str, int],
+    test_stories: Sequence[str] | None,
+    train_stories: Sequence[str] | None,
+) -> tuple[list[str], list[str]]:
+    """(train, test) stories: those given (each with responses), else the standard split of ``names``."""
     if test_stories is None:
         test = [TEST_STORY] if TEST_STORY in n_trs else []
     else:
@@ -304,17 +346,16 @@ def load(
         if bad:
             raise ValidationError(f"lebel2023: train_stories {bad} have no responses for subjects {subjects}")
         train = list(train_stories)
-    surface_notes: dict[str, str] = {}
-    spaces = {}
+    return train, test
+
+
+def _subject_spaces(subjects: list[str], files: dict[tuple[str, str], Path], root: Path, **options: Any
+                    ) -> tuple[dict[str, Space], dict[str, str]]:
+    """Each subject's space and what was read for it (:func:`_volume_space`; ``info["surfaces"]``)."""
+    spaces, notes = {}, {}
     for s in subjects:
-        spaces[s], surface_notes[s] = _volume_space(
-            s, files, root, surfaces=surfaces, pycortex_db=pycortex_db, freesurfer_dir=freesurfer_dir, xfm=xfm)
-    repeats = _repeat_loaders(Path(repeats_dir).expanduser(), subjects, test, n_trs, spaces, check_shapes) \
-        if repeats_dir is not None else {}
-    info: dict[str, Any] = {"root": str(root), "respdict": {n: respdict[n] for n in names}, "tr": tr,
-                            "surfaces": surface_notes,
-                            "ceiling": f"from the repeats in {repeats_dir}" if repeats else NO_REPEATS}
-    return Dataset("lebel2023", story_objs, subjects, spaces, responses, train, test, repeats=repeats, info=info)
+        spaces[s], notes[s] = _volume_space(s, files, root, **options)
+    return spaces, notes
 
 
 def _volume_space(
