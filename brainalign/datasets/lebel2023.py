@@ -157,14 +157,9 @@ def _hf5_shape(path: Path) -> tuple[int, ...]:
 
 
 def _read_hf5(path: Path) -> np.ndarray:
-    import h5py
-
+    """A response file's ``data`` (float32), the file checked first (missing, not downloaded)."""
     check_data_file(path, what="response file")
-    try:
-        with h5py.File(path, "r") as f:
-            return np.asarray(f["data"][...], dtype=np.float32)
-    except (OSError, KeyError) as exc:
-        raise ValidationError(f"{path}: cannot read dataset 'data' ({exc})") from exc
+    return _read_hf5_any(path)
 
 
 def load(
@@ -469,6 +464,7 @@ def _repeat_loaders(
 
 
 def _read_hf5_any(path: Path) -> np.ndarray:
+    """An ``.hf5`` file's dataset ``data`` as float32 (responses, or repeats of any rank)."""
     import h5py
 
     try:
