@@ -7,6 +7,7 @@ position left of the first positive x, behind an axis break (:class:`_TrainingAx
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -31,7 +32,7 @@ _XLABELS = {"tokens": "training tokens", "step": "training step"}
 #: decades (at least) between the "init" position and the first positive x
 _INIT_GAP = 0.5
 #: least distance (inches) between the "init" tick and the next labelled tick
-_INIT_CLEARANCE = 0.4
+_INIT_CLEARANCE = 0.32
 _LEGENDS = ("outside", "inside", None)
 
 
@@ -83,48 +84,51 @@ class _TrainingAxis:
         ax.set_xscale("log")
         if self.init is None:
             return
-        ax.xaxis.set_major_locator(_BrokenLogLocator(self.init, self.brk))
-        ax.xaxis.set_minor_locator(_BrokenLogLocator(None, self.first * 0.999, subs=np.arange(2.0, 10.0)))
-        ax.xaxis.set_major_formatter(_InitFormatter(self.init))
+        locator, formatter = _tick_classes()
+        ax.xaxis.set_major_locator(locator(self.init, self.brk))
+        ax.xaxis.set_minor_locator(locator(None, self.first * 0.999, subs=np.arange(2.0, 10.0)))
+        ax.xaxis.set_major_formatter(formatter(self.init))
         _break_mark(ax, self.brk)
 
 
-def _ticker():
+@functools.lru_cache(maxsize=None)
+def _tick_classes():
+    """The init-aware locator and formatter (defined on first use: matplotlib is imported
+    only when a figure is drawn)."""
     import matplotlib.ticker as mticker
 
-    return mticker
+    class BrokenLogLocator(mticker.LogLocator):
+        """Log ticks right of ``start`` plus one at ``init`` (when given); a tick closer
+        than ``_INIT_CLEARANCE`` inches to ``init`` on screen is left out, so labels never
+        collide."""
 
+        def __init__(self, init: float | None, start: float, subs: Any = (1.0,)):
+            super().__init__(subs=subs)
+            self._init, self._start = init, start
 
-class _BrokenLogLocator(_ticker().LogLocator):
-    """Log ticks right of ``start`` plus one at ``init`` (when given); a tick closer than
-    ``_INIT_CLEARANCE`` inches to ``init`` on screen is left out, so labels never collide."""
+        def tick_values(self, vmin, vmax):
+            vmin, vmax = sorted((vmin, vmax))
+            ticks = np.asarray(super().tick_values(max(vmin, self._start), max(vmax, self._start * 10)))
+            ticks = ticks[ticks >= self._start]
+            if self._init is None:
+                return ticks
+            if self.axis is not None and ticks.size:
+                ax = self.axis.axes
+                px = ax.transData.transform(np.c_[np.r_[self._init, ticks], np.ones(ticks.size + 1)])[:, 0]
+                ticks = ticks[np.abs(px[1:] - px[0]) >= _INIT_CLEARANCE * ax.figure.dpi]
+            return np.r_[self._init, ticks]
 
-    def __init__(self, init: float | None, start: float, subs: Any = (1.0,)):
-        super().__init__(subs=subs)
-        self._init, self._start = init, start
+    class InitFormatter(mticker.LogFormatterSciNotation):
+        """Log tick labels, "init" at the init position."""
 
-    def tick_values(self, vmin, vmax):
-        vmin, vmax = sorted((vmin, vmax))
-        ticks = np.asarray(super().tick_values(max(vmin, self._start), max(vmax, self._start * 10)))
-        ticks = ticks[ticks >= self._start]
-        if self._init is None:
-            return ticks
-        if self.axis is not None and ticks.size:
-            ax = self.axis.axes
-            px = ax.transData.transform(np.c_[np.r_[self._init, ticks], np.ones(ticks.size + 1)])[:, 0]
-            ticks = ticks[np.abs(px[1:] - px[0]) >= _INIT_CLEARANCE * ax.figure.dpi]
-        return np.r_[self._init, ticks]
+        def __init__(self, init: float):
+            super().__init__()
+            self._init = init
 
+        def __call__(self, x, pos=None):
+            return "init" if np.isclose(x, self._init, rtol=1e-6) else super().__call__(x, pos)
 
-class _InitFormatter(_ticker().LogFormatterSciNotation):
-    """Log tick labels, "init" at the init position."""
-
-    def __init__(self, init: float):
-        super().__init__()
-        self._init = init
-
-    def __call__(self, x, pos=None):
-        return "init" if np.isclose(x, self._init, rtol=1e-6) else super().__call__(x, pos)
+    return BrokenLogLocator, InitFormatter
 
 
 def _break_mark(ax, at: float) -> None:
@@ -382,8 +386,9 @@ def plot_curves_grid(
     labels: set[str] = set()
     with paper_style():
         fig, axes = _panel_grid(len(series), ncols, panel_size, sharey=sharey, extra=(0.3, 0.7))
-        for ax, (name, xs, ys, lo, hi), (colour, ls) in zip(axes, series, line_styles(len(series))):
-            _draw_series(ax, tax(xs), ys, lo, hi, colour=colour, ls=ls, label=name)
+        # each ROI keeps its plot_curves colour; one curve per panel needs no dashes
+        for ax, (name, xs, ys, lo, hi), colour in zip(axes, series, palette(len(series))):
+            _draw_series(ax, tax(xs), ys, lo, hi, colour=colour, label=name)
             ph = phases.get(name) if isinstance(phases, Mapping) else phases
             if ph is not None:
                 _shade(ax, ph, text=False, xmap=tax)
@@ -782,6 +787,7 @@ def plot_aligned_curves(
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     items = _aligned_items(curves)
     transitions = [_transition_row(t) for t in (transitions or [])]
@@ -803,7 +809,7 @@ def plot_aligned_curves(
                 _draw_series(ax, tax(xs), ys, None if sem is None else ys - sem, None if sem is None else ys + sem,
                              colour=colour)
                 ax.set_ylabel(textwrap.fill(name, 16), rotation=0, ha="right", va="center")
-                ax.yaxis.set_major_locator(_ticker().MaxNLocator(3))
+                ax.yaxis.set_major_locator(MaxNLocator(3))
             if panel_phases and name in panel_phases:
                 _mark_transitions(ax, _transition_times(panel_phases[name]), tax, colour)
         for ax in axes:
