@@ -99,21 +99,22 @@ def block_draws(n_blocks: int, n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> n
     n_blocks, n_boot = int(n_blocks), int(n_boot)
     if n_blocks < 1 or n_boot < 1:
         raise ValidationError(f"need at least one block and one replicate, got {n_blocks} and {n_boot}")
-    rng = np.random.default_rng([int(seed), n_blocks, n_boot, 0])
-    idx = rng.integers(0, n_blocks, size=(n_boot, n_blocks))
-    counts = np.zeros((n_boot, n_blocks))
-    np.add.at(counts, (np.repeat(np.arange(n_boot), n_blocks), idx.ravel()), 1.0)
-    return counts
+    return _draw_counts(n_blocks, n_boot, seed, stream=0)
 
 
 def subject_draws(n_subjects: int, n_boot: int = DEFAULT_N_BOOT, seed: int = 0) -> np.ndarray:
     """How many times each subject is drawn in each replicate (``n_boot x n_subjects``);
     depends only on ``(n_subjects, n_boot, seed)`` (a stream apart from the blocks')."""
-    n_subjects, n_boot = int(n_subjects), int(n_boot)
-    rng = np.random.default_rng([int(seed), n_subjects, n_boot, 1])
-    idx = rng.integers(0, n_subjects, size=(n_boot, n_subjects))
-    counts = np.zeros((n_boot, n_subjects))
-    np.add.at(counts, (np.repeat(np.arange(n_boot), n_subjects), idx.ravel()), 1.0)
+    return _draw_counts(int(n_subjects), int(n_boot), seed, stream=1)
+
+
+def _draw_counts(n: int, n_boot: int, seed: int, stream: int) -> np.ndarray:
+    """``n_boot`` replicates of ``n`` draws with replacement from ``n`` items, as counts
+    (``n_boot x n``, float64); the random stream is ``(seed, n, n_boot, stream)``."""
+    rng = np.random.default_rng([int(seed), n, n_boot, stream])
+    idx = rng.integers(0, n, size=(n_boot, n))
+    counts = np.zeros((n_boot, n))
+    np.add.at(counts, (np.repeat(np.arange(n_boot), n), idx.ravel()), 1.0)
     return counts
 
 
