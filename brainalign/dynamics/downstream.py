@@ -17,21 +17,38 @@ from ..errors import DataNotFoundError, ValidationError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["read_lm_eval", "read_downstream_csv", "downstream_curves", "cooccurrence"]
+__all__ = ["read_lm_eval", "read_downstream_csv", "downstream_curves", "cooccurrence", "transition_kind", "nearest_transitions"]
 
 _COLUMNS = ["checkpoint", "task", "metric", "value", "stderr", "step", "tokens", "source"]
 
 
-def _revision_from_args(model_args: Any) -> str | None:
-    """``revision`` from lm-eval's ``model_args`` (a "k=v,k=v" string or a dict)."""
+def _model_arg(model_args: Any, key: str) -> str | None:
+    """``key`` from lm-eval's ``model_args`` (a "k=v,k=v" string or a dict)."""
     if isinstance(model_args, Mapping):
-        rev = model_args.get("revision")
-        return None if rev is None else str(rev)
+        v = model_args.get(key)
+        return None if v is None else str(v)
     if isinstance(model_args, str):
         for part in model_args.split(","):
             k, _, v = part.partition("=")
-            if k.strip() == "revision":
+            if k.strip() == key:
                 return v.strip()
+    return None
+
+
+_CHECKPOINT_NAME = re.compile(r"^(?:checkpoint-\d+|step\d+|ckpt_\d+)$")
+
+
+def _revision_from_args(model_args: Any) -> str | None:
+    """The checkpoint of lm-eval's ``model_args``: its ``revision``, else the folder name of
+    a ``pretrained`` path that names a checkpoint (``/runs/tiny/checkpoint-200``)."""
+    rev = _model_arg(model_args, "revision")
+    if rev is not None:
+        return rev
+    pretrained = _model_arg(model_args, "pretrained")
+    if pretrained:
+        name = pretrained.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+        if _CHECKPOINT_NAME.match(name):
+            return name
     return None
 
 
@@ -296,3 +313,64 @@ def cooccurrence(brain: Any, others: Mapping[str, Any], **detect_kwargs: Any):
             "other_tokens", "other_change", "distance_log10", "abs_distance_log10", "within_interval"]
     df = pd.DataFrame(rows, columns=cols)
     return df.sort_values(["brain_curve", "transition", "abs_distance_log10"], na_position="last").reset_index(drop=True)
+
+
+def transition_kind(t: Any) -> str:
+    """``"rise"`` or ``"fall"`` for a transition into a rising or falling phase (a step: its
+    direction), ``"plateau"`` for one into a flat phase."""
+    if t.kind == "step":
+        return "rise" if (t.direction == "rising" or (not t.direction and t.change > 0)) else "fall"
+    return {"rising": "rise", "falling": "fall"}.get(t.after, "plateau")
+
+
+NEAREST_COLUMNS = ["roi", "transition", "change", "tokens", "tokens_lo", "tokens_hi"]
+
+
+def nearest_transitions(brain: Mapping[str, Any], groups: Mapping[str, Mapping[str, Any]]):
+    """One row per transition of each brain curve, with the nearest transition of each group of curves.
+
+    Parameters
+    ----------
+    brain : mapping name -> PhaseResult
+        Brain-alignment phases (e.g. per ROI); results with ``significant=False`` or
+        no transitions give no rows.
+    groups : mapping group -> (mapping curve name -> PhaseResult)
+        E.g. ``{"state": internal-state phases, "downstream": task phases}``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``roi``, ``transition`` (``rise``/``fall``/``plateau``), ``change`` (the
+        phases around it), ``tokens`` and its interval ``tokens_lo``/``tokens_hi``; per
+        group ``<group>`` (the nearest curve's name, None when no curve of the group has
+        a transition), ``<group>_tokens``, ``<group>_distance_log10`` (its log10 tokens
+        minus the brain transition's) and ``<group>_change``. Log-axis results only.
+    """
+    import pandas as pd
+
+    def points(results: Mapping[str, Any]) -> list[tuple[str, float, Any]]:
+        out = []
+        for name, r in results.items():
+            if not r.log_x:
+                raise ValidationError(f"nearest_transitions(): {name!r} was not segmented on a log axis")
+            out += [(name, float(t.log_at), t) for t in r.transitions]
+        return out
+
+    others = {g: points(res) for g, res in groups.items()}
+    rows = []
+    for roi, b in brain.items():
+        if b.significant is False or not b.log_x:
+            continue
+        for t in b.transitions:
+            lo, hi = t.interval
+            row = {"roi": roi, "transition": transition_kind(t), "change": t.label, "tokens": float(t.at),
+                   "tokens_lo": lo, "tokens_hi": hi}
+            for g, pts in others.items():
+                row.update({g: None, f"{g}_tokens": np.nan, f"{g}_distance_log10": np.nan, f"{g}_change": None})
+                if pts:
+                    name, at, o = min(pts, key=lambda p: abs(p[1] - t.log_at))
+                    row.update({g: name, f"{g}_tokens": float(10**at), f"{g}_distance_log10": at - float(t.log_at),
+                                f"{g}_change": o.label})
+            rows.append(row)
+    cols = NEAREST_COLUMNS + [c for g in groups for c in (g, f"{g}_tokens", f"{g}_distance_log10", f"{g}_change")]
+    return pd.DataFrame(rows, columns=cols)

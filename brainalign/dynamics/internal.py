@@ -29,6 +29,7 @@ __all__ = [
     "icl_score",
     "model_states",
     "load_causal_lm",
+    "is_causal_lm",
 ]
 
 
@@ -337,7 +338,7 @@ def _text_ids(texts: Sequence[str] | str, tokenizer, length: int, n_seqs: int) -
         texts = [texts]
     stream: list[int] = []
     for t in texts:
-        stream.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
+        stream.extend(tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"])  # long texts: windows follow
     n = min(n_seqs, len(stream) // length)
     if n < 1:
         raise ValidationError(f"icl_score(): the texts give {len(stream)} tokens, fewer than one window of {length}")
@@ -410,6 +411,44 @@ def _training_state(folder: str | os.PathLike) -> tuple[float, float]:
     return float(st.get("global_step", np.nan)), (np.nan if tok is None else float(tok))
 
 
+def is_causal_lm(path: str | os.PathLike, revision: str | None = None, trust_remote_code: bool = False) -> bool:
+    """Whether the checkpoint's config is a causal LM (one with a ``...ForCausalLM`` class);
+    reads only its ``config.json`` (an encoder such as MiniLM or BERT is not)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    conf = AutoConfig.from_pretrained(str(path), revision=revision, trust_remote_code=trust_remote_code)
+    archs = getattr(conf, "architectures", None) or []
+    if archs:
+        return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    return conf.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+
+def _source(src: Any) -> tuple[Any, str | None]:
+    """(path or hub id, revision) of a checkpoint given as a path, an id or (id, revision)."""
+    if isinstance(src, tuple) and len(src) == 2:
+        return src[0], (None if src[1] is None else str(src[1]))
+    return src, None
+
+
+def _load(src: Any, trust_remote_code: bool) -> tuple[Any, float, float]:
+    """(model, step, tokens) of a checkpoint: a model object, a folder, or (hub id, revision)."""
+    path, revision = _source(src)
+    if not isinstance(path, (str, os.PathLike)):
+        return path, np.nan, np.nan
+    step, tok = _training_state(path) if revision is None else (np.nan, np.nan)
+    return load_causal_lm(path, revision=revision, trust_remote_code=trust_remote_code), step, tok
+
+
+def _tokenizer_of(src: Any, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    path, revision = _source(src)
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValidationError("model_states(): a tokenizer is needed when the checkpoints are model objects")
+    return AutoTokenizer.from_pretrained(str(path), revision=revision, trust_remote_code=trust_remote_code)
+
+
 def model_states(
     checkpoints: Mapping[str, Any],
     tokenizer=None,
@@ -419,50 +458,70 @@ def model_states(
     n_seqs: int = 16,
     seed: int = 0,
     trust_remote_code: bool = False,
+    instructions: Sequence[Any] | None = None,
+    max_new_tokens: int = 8,
 ):
-    """Circuit metrics per checkpoint: head scores and, with ``texts``, the ICL score.
+    """Circuit metrics per checkpoint: head scores, with ``texts`` the ICL score, with
+    ``instructions`` the instruction-following probe; each checkpoint is loaded once.
 
     Parameters
     ----------
-    checkpoints : mapping name -> model, or name -> path of a Hugging Face folder
-        In training order.  Folders are loaded with eager attention from safetensors.
+    checkpoints : mapping name -> model, folder path, or (hub id, revision)
+        In training order.  Folders and hub revisions (from the Hugging Face cache, or
+        the hub unless ``HF_HUB_OFFLINE=1``) are loaded with eager attention from
+        safetensors.
     tokenizer : optional
-        Needed for ``texts``; loaded from the first folder when not given.
+        Needed for ``texts`` and ``instructions``; loaded from the first checkpoint when
+        not given.
     tokens : mapping name -> tokens seen, optional
         Training axis (else read from each folder's ``trainer_state.json`` when present).
     trust_remote_code : bool
-        Passed to ``from_pretrained`` for folders (off unless the caller asks).
+        Passed to ``from_pretrained`` (off unless the caller asks).
+    instructions : sequence of ProbeItem, optional
+        :func:`brainalign.dynamics.instructions.probe_items`; answers of at most
+        ``max_new_tokens`` greedy tokens.
 
     Returns
     -------
     xarray.Dataset
         ``induction``, ``prev_token`` (checkpoint, layer, head), ``induction_max``,
-        ``prev_token_max`` (checkpoint, layer) and ``icl_score`` (checkpoint).
+        ``prev_token_max`` (checkpoint, layer), ``icl_score`` (checkpoint) and, with
+        ``instructions``, ``instruction_following`` (checkpoint).
     """
     import xarray as xr
     from tqdm.auto import tqdm
 
+    from .instructions import instruction_following
+
     names = list(checkpoints)
     if not names:
         raise ValidationError("model_states(): no checkpoints given")
-    per, icl, steps, toks = [], [], [], []
+    if tokenizer is None and (texts is not None or instructions):
+        tokenizer = _tokenizer_of(checkpoints[names[0]], trust_remote_code)
+    per, icl, follow, steps, toks = [], [], [], [], []
     for name in tqdm(names, desc="model states", unit="ckpt", leave=False):
-        src = checkpoints[name]
-        if isinstance(src, (str, os.PathLike)):
-            step, tok = _training_state(src)
-            if tokenizer is None and texts is not None:
-                from transformers import AutoTokenizer
-
-                tokenizer = AutoTokenizer.from_pretrained(str(src))
-            model = load_causal_lm(src, trust_remote_code=trust_remote_code)
-        else:
-            model, step, tok = src, np.nan, np.nan
+        model, step, tok = _load(checkpoints[name], trust_remote_code)
         per.append(head_scores(model, tokenizer, seq_len=seq_len, n_seqs=n_seqs, seed=seed))
-        icl.append(icl_score(model, texts, tokenizer)["icl_score"] if texts is not None else np.nan)
+        icl.append(_icl_or_nan(model, texts, tokenizer, name))
+        if instructions:
+            follow.append(instruction_following(model, tokenizer, instructions, max_new_tokens)["instruction_following"])
         steps.append(step)
         toks.append(float(tokens[name]) if tokens is not None and name in tokens else tok)
     ds = xr.concat(per, dim=xr.DataArray(names, dims="checkpoint", name="checkpoint"))
     ds["induction_max"] = ds["induction"].max("head")
     ds["prev_token_max"] = ds["prev_token"].max("head")
     ds["icl_score"] = ("checkpoint", np.asarray(icl, dtype=float))
+    if instructions:
+        ds["instruction_following"] = ("checkpoint", np.asarray(follow, dtype=float))
+        ds.attrs["probe"] = f"{len(instructions)} prompts, at most {int(max_new_tokens)} new tokens, scored by form"
     return ds.assign_coords(step=("checkpoint", np.asarray(steps, float)), tokens=("checkpoint", np.asarray(toks, float)))
+
+
+def _icl_or_nan(model, texts, tokenizer, name: str) -> float:
+    if texts is None:
+        return np.nan
+    try:
+        return icl_score(model, texts, tokenizer)["icl_score"]
+    except ValidationError as exc:  # e.g. texts shorter than one window
+        log.info("no ICL score for %s: %s", name, exc)
+        return np.nan

@@ -34,7 +34,8 @@ from .store import _quiet, _zarr_kwargs
 log = logging.getLogger(__name__)
 
 __all__ = ["roi_curves", "roi_intervals", "roi_pvalues", "roi_significance", "group_significance", "checkpoint_difference", "consecutive_differences", "phase_table",
-           "internal_state_curves", "analyze", "report", "flatmap_from_store"]
+           "internal_state_curves", "state_curves", "curve_phases", "training_description", "analyze", "report",
+           "flatmap_from_store"]
 
 #: Default confidence level of ROI intervals.
 LEVEL = 0.95
@@ -530,6 +531,13 @@ def _trusted_config(stored: dict, trust_remote_code: bool) -> dict:
     return cfg
 
 
+#: the built-in instruction probe in a sweep's analysis: prompts per kind, greedy tokens per answer
+PROBE_ITEMS_PER_KIND = 3
+PROBE_NEW_TOKENS = 6
+#: settings of the circuit metrics (part of the analysis cache key)
+STATE_SETTINGS = {"version": 2, "probe": [PROBE_ITEMS_PER_KIND, PROBE_NEW_TOKENS], "head_seqs": 16}
+
+
 def _analysis_cache(sweep: Sweep, res: xr.Dataset, max_words: int, trust_remote_code: bool) -> Path:
     """Where the internal states of this store's done checkpoints are cached.
 
@@ -543,6 +551,7 @@ def _analysis_cache(sweep: Sweep, res: xr.Dataset, max_words: int, trust_remote_
         "done": sweep.store.done_info(),
         "max_words": max_words,
         "trust_remote_code": trust_remote_code,
+        "states": STATE_SETTINGS,
         "brainalign": __version__,
     }, n=16)
     return cache_dir() / "analysis" / f"{key}.zarr"
@@ -555,27 +564,60 @@ def _read_cached(path: Path) -> xr.Dataset | None:
         return xr.open_zarr(path, consolidated=False).load()
 
 
-def internal_state_curves(path: str | Path, max_words: int = 1500, trust_remote_code: bool = False) -> xr.Dataset | None:
-    """Internal-state metrics of every done checkpoint, from the feature cache.
+def _checkpoint_folders(cfg: Mapping, labels: list[str]) -> dict[str, Path]:
+    """label -> local checkpoint folder, for a sweep over local folders ({} for hub models)."""
+    name = Path(str((cfg.get("model") or {}).get("name", ""))).expanduser()
+    if not name.is_dir():
+        return {}
+    if (name / "config.json").is_file():
+        return {la: name for la in labels}
+    return {la: name / la for la in labels if (name / la).is_dir()}
 
-    Representation metrics (CKA to previous / final checkpoint, participation ratio,
-    TwoNN dimension) per checkpoint x layer, and for local causal-LM checkpoints the
-    induction / previous-token head scores. Cached under ``cache_dir()/analysis``
-    (never written into the store). Models are loaded with remote code only when
-    ``trust_remote_code=True``, whatever the store's config says; None when a model
-    needs remote code that was not granted.
-    """
+
+def _memorisation(res: xr.Dataset, cfg: Mapping) -> xr.Dataset | None:
+    """train / held-out loss and their gap per done checkpoint, from train-tiny's log (or None)."""
+    from ..dynamics.memorisation import memorisation_curves
+
+    done = _done(res)
+    folders = _checkpoint_folders(cfg, done.checkpoint.values.tolist())
+    if not folders:
+        return None
+    tokens = dict(zip(done.checkpoint.values.tolist(), done.tokens.values.tolist()))
+    mem = memorisation_curves(folders, tokens=tokens)
+    return None if mem is None else mem.reindex(checkpoint=done.checkpoint.values)
+
+
+def _circuit_states(plan, ckpts, texts: list[str], tokens: dict) -> xr.Dataset | None:
+    """Head scores, ICL score and instruction following of causal-LM checkpoints (local
+    folders or hub revisions); None, with a log line, for other models."""
+    from ..dynamics.instructions import probe_items
+    from ..dynamics.internal import is_causal_lm, model_states
+
+    trust = plan.config.model.trust_remote_code
+    last = ckpts[-1]
+    try:
+        causal = is_causal_lm(last.model, revision=last.revision, trust_remote_code=trust)
+    except (OSError, ValueError) as exc:
+        log.warning("head scores skipped: cannot read the config of %s: %s", last.model, exc)
+        return None
+    if not causal:
+        log.info("head scores, ICL score and instruction probe skipped: %s is not a causal language model", last.model)
+        return None
+    try:
+        heads = model_states({c.label: (c.model, c.revision) for c in ckpts}, texts=texts, tokens=tokens,
+                             n_seqs=STATE_SETTINGS["head_seqs"], trust_remote_code=trust,
+                             instructions=probe_items(PROBE_ITEMS_PER_KIND), max_new_tokens=PROBE_NEW_TOKENS)
+    except (OSError, ValueError, ValidationError) as exc:  # e.g. weights only as .bin, no attention weights
+        log.warning("head scores skipped: %s", exc)
+        return None
+    return heads[[v for v in heads.data_vars if "head" not in heads[v].dims]]
+
+
+def _compute_states(res: xr.Dataset, cfg: dict, max_words: int) -> xr.Dataset | None:
     from .. import features
-    from ..dynamics.internal import internal_states, model_states
+    from ..dynamics import internal
 
-    sweep = Sweep(path)
-    res = sweep.results
-    cfg = _trusted_config(res.attrs.get("config", {}), trust_remote_code)
-    cached = _analysis_cache(sweep, res, max_words, cfg["model"]["trust_remote_code"])
-    out = _read_cached(cached)
-    if out is not None:
-        return out
-    res = _done(res)
+    cfg = {k: v for k, v in cfg.items() if k != "downstream"}  # the results' files need not be here
     try:
         plan = make_plan(cfg)
         ds = plan.dataset()
@@ -595,22 +637,171 @@ def internal_state_curves(path: str | Path, max_words: int = 1500, trust_remote_
         log.warning("internal states skipped: the model needs remote code (%s)", exc)
         return None
     tokens = {c.label: c.tokens for c in ckpts}
-    out = internal_states(feats, layers=plan.layers, max_words=max_words, tokens=tokens)
-    local = all(Path(c.model).is_dir() for c in ckpts)
-    if local:
+    out = internal.internal_states(feats, layers=plan.layers, max_words=max_words, tokens=tokens)
+    texts = [" ".join(st.words) for st in ds.stories.values()]
+    heads = _circuit_states(plan, ckpts, texts, tokens)
+    if heads is not None:
+        out = xr.merge([out, heads], compat="override", join="outer")
+    return out
+
+
+def internal_state_curves(path: str | Path, max_words: int = 1500, trust_remote_code: bool = False) -> xr.Dataset | None:
+    """Internal-state metrics of every done checkpoint.
+
+    From the feature cache: representation metrics (``cka_prev``, ``cka_final``,
+    ``eff_dim``, ``twonn``) per checkpoint x layer. For causal LMs (local folders and hub
+    revisions alike; encoders are skipped with a log line): ``induction_max``,
+    ``prev_token_max`` (checkpoint x layer, max over heads), ``icl_score`` (on the
+    stimulus stories' text) and ``instruction_following`` (the built-in probe,
+    :data:`PROBE_ITEMS_PER_KIND` prompts per kind) per checkpoint. For models trained by
+    ``train-tiny``: ``train_loss``, ``heldout_loss``, ``memorisation_gap`` from its
+    ``training_log.json``. Cached under ``cache_dir()/analysis`` (never written into
+    the store). Models are loaded with remote code only when ``trust_remote_code=True``,
+    whatever the store's config says; None when a model needs remote code that was not
+    granted.
+    """
+    sweep = Sweep(path)
+    res = sweep.results
+    cfg = _trusted_config(res.attrs.get("config", {}), trust_remote_code)
+    cached = _analysis_cache(sweep, res, max_words, cfg["model"]["trust_remote_code"])
+    out = _read_cached(cached)
+    if out is None:
+        out = _compute_states(_done(res), cfg, max_words)
+        if out is None:
+            return None
+        with atomic_path(cached, directory=True) as tmp, _quiet():
+            out.to_zarr(tmp, mode="w", **_zarr_kwargs())
+    mem = _memorisation(res, cfg)  # read fresh: cheap, and the log may be newer than the cache
+    if mem is not None:
+        out = xr.merge([out, mem.drop_vars(["step", "tokens"])], compat="override", join="left")
+    return out
+
+
+#: internal-state variable -> (name of its summary curve, how layers and heads are summarised)
+STATE_CURVES = {
+    "cka_final": ("CKA to the final checkpoint", "mean"),
+    "cka_prev": ("CKA to the previous checkpoint", "mean"),
+    "eff_dim": ("effective dimensionality", "mean"),
+    "twonn": ("TwoNN intrinsic dimension", "mean"),
+    "induction_max": ("induction head score", "max"),
+    "prev_token_max": ("previous-token head score", "max"),
+    "icl_score": ("in-context learning score", None),
+    "instruction_following": ("instruction following", None),
+    "train_loss": ("training loss", None),
+    "heldout_loss": ("held-out loss", None),
+    "memorisation_gap": ("memorisation gap", None),
+}
+#: the summary curve of the store's ``lm_loss``
+LM_LOSS_CURVE = "LM loss on the stories"
+
+
+def state_curves(states: xr.Dataset | None, res: xr.Dataset) -> dict[str, xr.DataArray]:
+    """The summarised internal-state curves: name (:data:`STATE_CURVES`) -> 1-D DataArray
+    over ``checkpoint`` with a ``tokens`` coordinate (layers averaged for CKA and
+    dimensionality, the max over layers for head scores), plus the store's ``lm_loss``.
+    Curves with no finite value are left out."""
+    done = _done(res)
+    tokens = done.tokens.reindex(checkpoint=done.checkpoint.values)
+    out = {}
+    for var, (name, how) in STATE_CURVES.items():
+        if states is None or var not in states:
+            continue
+        da = states[var]
+        if "layer" in da.dims:
+            da = da.mean("layer") if how == "mean" else da.max("layer")
+        out[name] = da
+    if "lm_loss" in done:
+        out[LM_LOSS_CURVE] = done["lm_loss"].astype(float)
+    keep = {}
+    for name, da in out.items():
+        da = da.reindex(checkpoint=done.checkpoint.values).drop_vars([c for c in da.coords if c != "checkpoint"])
+        da = da.assign_coords(tokens=("checkpoint", tokens.values), step=("checkpoint", done.step.values)).rename(name)
+        if np.isfinite(da.values).any():
+            keep[name] = da
+    return keep
+
+
+def curve_phases(curves: Mapping[str, xr.DataArray], n_boot: int = 200, x: str = "tokens") -> dict:
+    """:func:`~brainalign.dynamics.detect_phases` of each 1-D curve (name -> PhaseResult),
+    with the brain curves' settings and no significance gate; curves with fewer than 4
+    checkpoints on the positive log axis, or that cannot be segmented, are left out."""
+    from ..dynamics import detect_phases
+
+    out = {}
+    for name, curve in curves.items():
+        xs = curve[x].values if x in curve.coords else np.full(curve.sizes["checkpoint"], np.nan)
+        keep = np.isfinite(xs) & (xs > 0) & np.isfinite(curve.values)
+        if keep.sum() < 4:
+            continue
         try:
-            heads = model_states({c.label: c.model for c in ckpts}, tokens=tokens,
-                                 trust_remote_code=plan.config.model.trust_remote_code)
-            out = xr.merge([out, heads[[v for v in heads.data_vars if "head" not in heads[v].dims]]], compat="override", join="outer")
-        except Exception as exc:  # noqa: BLE001 - head scores are optional (e.g. an encoder model)
-            log.warning("head scores skipped: %s", exc)
-    with atomic_path(cached, directory=True) as tmp, _quiet():
-        out.to_zarr(tmp, mode="w", **_zarr_kwargs())
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out[name] = detect_phases(curve.isel(checkpoint=np.flatnonzero(keep)), x=x, n_boot=n_boot, name=name)
+        except ValidationError as exc:
+            log.info("no phase detection for %s: %s", name, exc)
+    return out
+
+
+def training_description(res: xr.Dataset, cfg: Mapping) -> dict | None:
+    """What a train-tiny model of the sweep was trained on
+    (:func:`brainalign.dynamics.memorisation.training_corpus`, with the sweep dataset's
+    stimulus stories), or None for other models."""
+    from ..dynamics.memorisation import find_training_log, training_corpus
+
+    folders = _checkpoint_folders(cfg, _done(res).checkpoint.values.tolist())
+    logs = {p for p in map(find_training_log, folders.values()) if p is not None}
+    if not logs:
+        return None
+    stories = None
+    try:
+        from .config import load_config
+        from .run import load_dataset
+
+        ds = load_dataset(load_config({k: v for k, v in cfg.items() if k != "downstream"}))
+        stories = {name: st.words for name, st in ds.stories.items()}
+    except Exception as exc:  # noqa: BLE001 - the dataset may not be on this machine; say what is known
+        log.warning("the sweep's stories are not available to compare with the training corpus: %s", exc)
+    out = training_corpus(sorted(logs)[0], stories)
+    if len(logs) > 1:
+        out["other_logs"] = [str(p) for p in sorted(logs)[1:]]
     return out
 
 
 def analyze(path: str | Path, internal: bool = True, n_boot: int = 200, trust_remote_code: bool = False) -> dict:
-    """ROI curves, phases and (optionally) internal states of a sweep."""
+    """ROI curves, phases, internal states and downstream tasks of a sweep, and how their
+    transitions line up.
+
+    Returns
+    -------
+    dict
+        ``results``: the store (Dataset). ``curves``: :func:`roi_curves` (with
+        ``significant`` / ``roi_pvalue`` when tested). ``phases``: roi -> PhaseResult of
+        the brain-alignment curves; ``phase_table``: their transitions in one DataFrame.
+        ``internal``: :func:`internal_state_curves` (checkpoint [x layer]) or None.
+        ``state_curves``: name -> 1-D DataArray over ``checkpoint`` (coords ``tokens``,
+        ``step``), the summarised curves of :data:`STATE_CURVES` that exist (CKA and
+        dimensionality averaged over layers, head scores max over layers and heads, ICL
+        score, instruction following, training / held-out loss, memorisation gap) and
+        :data:`LM_LOSS_CURVE` (the store's ``lm_loss``); with ``internal=False`` only the
+        memorisation curves and the LM loss. ``downstream``: Dataset over ``checkpoint``
+        (coords ``tokens``, ``step``), one variable per task (the store's copy, else
+        the files of its config's ``downstream:``; see
+        :func:`brainalign.sweep.downstream.downstream_table`), or None.
+        ``state_phases``: name -> PhaseResult for every state curve and downstream task
+        (keyed by the task's name) with enough checkpoints (:func:`curve_phases`).
+        ``cooccurrence``: DataFrame, one row per transition of each ROI whose alignment
+        is significant (from ``phases``): ``roi``, ``transition`` (rise / fall /
+        plateau), ``change``, ``tokens``, ``tokens_lo``, ``tokens_hi``, then ``state``,
+        ``state_tokens``, ``state_distance_log10`` (state minus brain, log10 tokens),
+        ``state_change``, and the same four for ``downstream`` (None / NaN without such a
+        transition; :func:`brainalign.dynamics.downstream.nearest_transitions`).
+        ``training``: the train-tiny corpus description (:func:`training_description`:
+        source, files, documents, words, which stimulus stories it contains,
+        ``disjoint``) or None.
+    """
+    from ..dynamics.downstream import nearest_transitions
+    from .downstream import store_downstream
+
     sweep = Sweep(path)
     res = sweep.results
     curves = roi_curves(res)
@@ -622,8 +813,20 @@ def analyze(path: str | Path, internal: bool = True, n_boot: int = 200, trust_re
         if p is not None:
             curves["roi_pvalue"] = p
     phases, table = phase_table(curves, n_boot=n_boot)
-    states = internal_state_curves(path, trust_remote_code=trust_remote_code) if internal else None
-    return {"results": res, "curves": curves, "phases": phases, "phase_table": table, "internal": states}
+    cfg = res.attrs.get("config", {}) or {}
+    states = internal_state_curves(path, trust_remote_code=trust_remote_code) if internal else _memorisation(res, cfg)
+    summary = state_curves(states, res)
+    try:
+        downstream = store_downstream(path, _done(res), cfg)
+    except ValidationError as exc:
+        log.warning("downstream results skipped: %s", exc)
+        downstream = None
+    state_ph = curve_phases(summary, n_boot=n_boot)
+    task_ph = curve_phases({v: downstream[v] for v in downstream.data_vars}, n_boot=n_boot) if downstream is not None else {}
+    co = nearest_transitions(phases, {"state": state_ph, "downstream": task_ph})
+    return {"results": res, "curves": curves, "phases": phases, "phase_table": table, "internal": states,
+            "state_curves": summary, "downstream": downstream, "state_phases": {**state_ph, **task_ph},
+            "cooccurrence": co, "training": training_description(res, cfg)}
 
 
 def _layer_label(v) -> str:

@@ -16,6 +16,8 @@ Example::
     rois: {atlas: language}          # space: auto (LeBel with surfaces: fsaverage5), fsaverage5, native
     output: {store: results.zarr}
     executor: {kind: local}
+    downstream: evals/                 # lm-evaluation-harness results (or a CSV, or a list); optional:
+                                       # {path: evals/, metric: acc, tokens_per_step: 2097152}
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pydantic_core import PydanticCustomError
 from .._yaml import StrictModel, read_yaml_model
 from ..errors import ValidationError
 
-__all__ = ["RunConfig", "load_config", "config_hash", "check_slurm_available"]
+__all__ = ["RunConfig", "DownstreamConfig", "load_config", "config_hash", "check_slurm_available"]
 
 
 class DatasetConfig(StrictModel):
@@ -220,6 +222,63 @@ class ExecutorConfig(StrictModel):
         return v
 
 
+def _check_downstream_file(p: Path) -> None:
+    """A downstream source exists and can be read: a CSV or JSON file, or a folder with some."""
+    if not p.exists():
+        raise ValueError(f"{p} does not exist")
+    if p.is_dir():
+        files = [f for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in (".json", ".csv")]
+        if not files:
+            raise ValueError(f"folder {p} holds no lm-evaluation-harness .json (or .csv) result files")
+    elif p.suffix.lower() in (".json", ".csv"):
+        files = [p]
+    else:
+        raise ValueError(f"{p} is neither a .json/.csv result file nor a folder of them")
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            raise ValueError(f"{f} cannot be read ({exc.strerror or exc})") from None
+
+
+class DownstreamConfig(StrictModel):
+    """Downstream-task results on the sweep's checkpoints (``downstream:``).
+
+    ``path``: a folder of lm-evaluation-harness result files (searched recursively), a
+    CSV (columns checkpoint, task, metric, value), or a list of them; relative paths are
+    read from the working directory and stored absolute. ``metric``: the metric of every
+    task (default ``acc``; IFEval, which has none, uses ``prompt_level_strict_acc``), or
+    a mapping task -> metric. ``tokens_per_step``: for checkpoint names that give only a
+    step. The written form ``downstream: evals/`` (or a list) is short for ``{path: ...}``.
+    """
+
+    path: Union[str, list[str]]
+    metric: Union[str, dict[str, str]] = "acc"
+    tokens_per_step: float | None = Field(None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, v: Any) -> Any:
+        return {"path": v} if isinstance(v, (str, list)) else v
+
+    @field_validator("path")
+    @classmethod
+    def _readable(cls, v: Union[str, list[str]]) -> Union[str, list[str]]:
+        paths = [v] if isinstance(v, str) else list(v)
+        if not paths:
+            raise ValueError("no result files given")
+        out = []
+        for s in paths:
+            p = Path(s).expanduser().resolve()
+            _check_downstream_file(p)
+            out.append(str(p))
+        return out[0] if isinstance(v, str) else out
+
+    def paths(self) -> list[Path]:
+        return [Path(p) for p in ([self.path] if isinstance(self.path, str) else self.path)]
+
+
 class RunConfig(StrictModel):
     dataset: DatasetConfig
     model: ModelConfig
@@ -230,6 +289,8 @@ class RunConfig(StrictModel):
     rois: RoiConfig = Field(default_factory=RoiConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    #: downstream-task results read onto the sweep's checkpoints (not part of the hash)
+    downstream: DownstreamConfig | None = None
     #: where the config came from (set by load_config; not part of the hash)
     source: str | None = Field(default=None, exclude=True)
 
