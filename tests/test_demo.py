@@ -1,5 +1,8 @@
 """The embedded demo, in its quick form: the whole pipeline, offline."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from brainalign.cli import main
@@ -17,7 +20,18 @@ def test_quick_demo_writes_report_and_finds_the_planted_regions(tmp_path, capsys
     for fig in ("curves.png", "layer_heatmap.png", "flatmap_best.png", "internal_states.png"):
         assert (out / "figures" / fig).stat().st_size > 10_000, fig
     res = Sweep(out / "results.zarr").results
-    assert bool(res.done.all()) and res.sizes["checkpoint"] == 5
+    assert bool(res.done.all()) and res.sizes["checkpoint"] == 6
+    assert float(res.step.values[0]) == 0  # the untrained model is the first checkpoint
+    # the model was trained on the training corpus, not on the stimulus stories, and says so
+    from brainalign.demo import training_corpus_dir
+
+    corpus = json.loads((out / "tiny-gpt-neox" / "training_log.json").read_text())["corpus"]
+    assert Path(corpus["source"]) == training_corpus_dir().resolve() and corpus["documents"] >= 8
+    assert "training_corpus" in printed and "disjoint from the stimulus stories" in printed
+    assert "training_corpus" in (out / "config.yaml").read_text().splitlines()[0]
+    timings = json.loads((out / "demo_timings.json").read_text())
+    assert set(timings["stages_s"]) == {"train", "simulate", "sweep", "internal_states", "report"}
+    assert timings["checkpoints"] == 6 and timings["peak_rss_mb"] > 0
     # the MiniLM-driven (planted) regions are more aligned than the rest of the cortex
     best = res.roi_score.max("layer").mean(["subject", "checkpoint"])
     planted = [r for r in res.roi.values if "other_cortex" not in r]
@@ -37,7 +51,7 @@ def test_quick_demo_writes_report_and_finds_the_planted_regions(tmp_path, capsys
     # the ROI test holds its level (5% per ROI), so a null ROI is not asserted never to
     # pass it; far beyond its level it should not, and no rise or fall is claimed there
     assert float(curves["adjusted_p"].sel(roi=others).min()) > 0.01
-    for r in others:  # (the quick demo's 5 checkpoints may be too few for phases at all)
+    for r in others:  # (the quick demo's 6 checkpoints may be too few for phases at all)
         pattern = a["phases"][r].pattern if r in a["phases"] else ""
         assert "rise" not in pattern and "fall" not in pattern
     assert "above chance" in html and (out / "figures" / "flatmap_significant.png").stat().st_size > 10_000
