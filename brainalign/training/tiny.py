@@ -208,6 +208,21 @@ def _fixed_windows(stream, seq_len: int, n: int, batch_size: int):
     return list(X.split(batch_size))
 
 
+def save_checkpoint(model, tokenizer, out: Path, rec: dict, records: list[dict], steps: int, batch_size: int) -> Path:
+    """Write ``out/<rec name>`` atomically: safetensors weights, config, tokenizer and a
+    ``trainer_state.json`` as the ``transformers`` Trainer writes it (``global_step``,
+    ``num_input_tokens_seen``, the log so far)."""
+    with atomic_path(out / rec["name"], directory=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        state = {
+            "global_step": rec["step"], "max_steps": steps, "num_input_tokens_seen": int(rec["tokens"]),
+            "train_batch_size": batch_size, "log_history": [dict(r) for r in records],
+        }
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+    return out / rec["name"]
+
+
 def train_tiny(
     corpus: str | os.PathLike | Sequence[str],
     out_dir: str | os.PathLike,
@@ -333,14 +348,7 @@ def train_tiny(
             }
             rec["gap"] = rec["heldout_loss"] - rec["train_loss"]
             records.append(rec)
-            with atomic_path(out / name, directory=True) as tmp:
-                model.save_pretrained(tmp, safe_serialization=True)
-                tokenizer.save_pretrained(tmp)
-                state = {
-                    "global_step": step, "max_steps": steps, "num_input_tokens_seen": int(rec["tokens"]),
-                    "train_batch_size": batch_size, "log_history": [dict(r) for r in records],
-                }
-                (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+            save_checkpoint(model, tokenizer, out, rec, records, steps, batch_size)
             atomic_write_json(log_path, {"complete": False, "config": config, "corpus": corpus_info,
                                          "tokens_per_step": batch_size * seq_len, "checkpoints": records})
             log.info("%s: train loss %.3f, held-out %.3f, |θ| %.1f", name, rec["train_loss"], rec["heldout_loss"], rec["param_norm"])

@@ -1,0 +1,75 @@
+"""Synthetic tasks with known phases (issue 20): induction heads form on repeated
+sequences, and the brain-alignment phase machinery finds their transition."""
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from brainalign import ValidationError
+from brainalign.training import InductionTask, ModularAdditionTask, train_task
+
+
+def _curve(log, key):
+    return xr.DataArray([r[key] for r in log], dims="checkpoint",
+                        coords={"checkpoint": [r["name"] for r in log], "tokens": ("checkpoint", [r["tokens"] for r in log])})
+
+
+@pytest.fixture(scope="module")
+def induction_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("induction") / "run"
+    return train_task(InductionTask(vocab=32, seq_len=48), out, n_layers=2, hidden=32, heads=2, intermediate=4,
+                      steps=1000, batch_size=32, checkpoints=16, lr=3e-3, weight_decay=0.0)
+
+
+def test_induction_heads_form_and_their_transitions_coincide(induction_run):
+    from brainalign.dynamics.internal import model_states
+    from brainalign.dynamics.phases import detect_phases
+
+    log = induction_run.log
+    # before: chance on the repeated segment (1/32); after: copied from its first occurrence
+    assert log[0]["heldout_acc"] < 0.1 and log[-1]["heldout_acc"] > 0.8
+    assert log[-1]["train_acc"] > 0.8  # fresh sequences every step: nothing to memorise
+    assert abs(log[-1]["memorisation"]) < 0.05
+    acc = detect_phases(_curve(log, "heldout_acc"), x="tokens")
+    states = model_states(dict(induction_run.checkpoints), tokens=induction_run.tokens)
+    ind = states["induction_max"]
+    ind = ind.max("layer") if "layer" in ind.dims else ind
+    assert float(ind[-1]) > 0.5 > float(ind[0]) + 0.3
+    heads = detect_phases(ind, x="tokens")
+    rises = [[t for t in p.transitions if t.change > 0 and t.p < 0.05] for p in (acc, heads)]
+    assert rises[0] and rises[1], (acc.summary(), heads.summary())
+    # the accuracy's main rise and the induction score's main rise: within 0.2 decade
+    a, h = (max(r, key=lambda t: t.change).log_at for r in rises)
+    assert abs(a - h) < 0.2, (a, h)
+
+
+def test_modular_addition_is_memorised_before_it_generalises(tmp_path):
+    run = train_task(ModularAdditionTask(p=23, train_fraction=0.4), tmp_path / "mod", n_layers=1, hidden=32, heads=2,
+                     steps=300, checkpoints=10, lr=3e-3, weight_decay=1.0)
+    log = run.log
+    assert log[-1]["train_acc"] > 0.95  # the training pairs are learned...
+    assert max(r["memorisation"] for r in log) > 0.5  # ... long before the held-out ones
+    assert all(r["tokens"] == r["step"] * int(round(0.4 * 23 * 23)) * 4 for r in log)
+    stored = json.loads((run.out_dir / "training_log.json").read_text())
+    assert stored["complete"] and stored["config"]["task"] == {"kind": "modular", "p": 23, "train_fraction": 0.4,
+                                                                "name": "modular"}
+
+
+def test_checkpoints_load_and_runs_are_reused(induction_run, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    last = induction_run.checkpoints[induction_run.log[-1]["name"]]
+    tok = AutoTokenizer.from_pretrained(last)
+    assert tok("t3 t17 t3")["input_ids"] == [3, 17, 3]
+    assert AutoModelForCausalLM.from_pretrained(last).config.num_hidden_layers == 2
+    again = train_task(InductionTask(vocab=32, seq_len=48), induction_run.out_dir, n_layers=2, hidden=32, heads=2,
+                       intermediate=4, steps=1000, batch_size=32, checkpoints=16, lr=3e-3, weight_decay=0.0)
+    assert again.log == induction_run.log  # the finished run is reused, not retrained
+    with pytest.raises(ValidationError, match="another or an unfinished run"):
+        train_task(InductionTask(vocab=16, seq_len=48), induction_run.out_dir, steps=5)
+    with pytest.raises(ValidationError, match="unknown task"):
+        train_task("grokking", tmp_path / "x")
+    with pytest.raises(ValidationError, match="max_repeat"):
+        train_task(InductionTask(seq_len=20, max_repeat=16), tmp_path / "y", steps=2)
