@@ -73,3 +73,17 @@ def test_checkpoints_load_and_runs_are_reused(induction_run, tmp_path):
         train_task("grokking", tmp_path / "x")
     with pytest.raises(ValidationError, match="max_repeat"):
         train_task(InductionTask(seq_len=20, max_repeat=16), tmp_path / "y", steps=2)
+
+
+def test_cli_trains_a_task_and_refuses_a_corpus_for_it(tmp_path, capsys):
+    from brainalign.cli import main
+
+    out = tmp_path / "mod"
+    assert main(["train-tiny", "--task", "modular", "-o", str(out), "--steps", "4", "--checkpoints", "3",
+                 "--layers", "1", "--hidden", "16", "--heads", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out acc" in printed and (out / "checkpoint-4" / "model.safetensors").is_file()
+    assert main(["train-tiny", "corpus.txt", "--task", "induction", "-o", str(tmp_path / "x")]) == 2
+    assert "takes no corpus" in capsys.readouterr().err
+    assert main(["train-tiny", "-o", str(tmp_path / "y")]) == 2
+    assert "a corpus" in capsys.readouterr().err

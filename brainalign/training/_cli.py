@@ -5,9 +5,34 @@ from __future__ import annotations
 import argparse
 
 
+from ..errors import ValidationError
+
+
+def _train_task(args: argparse.Namespace) -> int:
+    from .tasks import train_task
+
+    run = train_task(
+        args.task, args.out, n_layers=args.layers, hidden=args.hidden, heads=args.heads, steps=args.steps,
+        batch_size=args.batch_size, checkpoints=args.checkpoints, lr=args.lr, seed=args.seed, overwrite=args.overwrite,
+        **({"weight_decay": 1.0} if args.task == "modular" else {}),
+    )
+    print(f"{'checkpoint':>18} {'tokens':>12} {'train acc':>9} {'held-out acc':>12} {'memorisation':>12} {'|θ|':>7}")
+    for r in run.log:
+        print(f"{r['name']:>18} {r['tokens']:12.4g} {r['train_acc']:9.3f} {r['heldout_acc']:12.3f} "
+              f"{r['memorisation']:12.3f} {r['param_norm']:7.2f}")
+    print(f"checkpoints and training_log.json in {run.out_dir}")
+    return 0
+
+
 def _train_tiny(args: argparse.Namespace) -> int:
     from .tiny import train_tiny
 
+    if args.task != "text":
+        if args.corpus is not None:
+            raise ValidationError(f"train-tiny --task {args.task} takes no corpus (got {args.corpus!r})")
+        return _train_task(args)
+    if args.corpus is None:
+        raise ValidationError("train-tiny: a corpus (.txt file or folder) is needed for --task text")
     run = train_tiny(
         args.corpus,
         args.out,
@@ -33,7 +58,10 @@ def _train_tiny(args: argparse.Namespace) -> int:
 def register_train_tiny(subparsers) -> None:
     """Add the ``train-tiny`` subcommand to the ``brainalign`` command."""
     p = subparsers.add_parser("train-tiny", help="train a tiny GPT-NeoX on a text corpus, log-spaced checkpoints")
-    p.add_argument("corpus", help="a .txt file or a folder of .txt files")
+    p.add_argument("corpus", nargs="?", help="a .txt file or a folder of .txt files (for --task text)")
+    p.add_argument("--task", choices=["text", "induction", "modular"], default="text",
+                   help="text: the corpus (default); induction: repeated random segments (induction heads form); "
+                        "modular: a + b mod p (memorised before it generalises)")
     p.add_argument("-o", "--out", default="tiny-gpt-neox", help="output folder (default: %(default)s)")
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--checkpoints", type=int, default=10, help="log-spaced, step 0 included (default: %(default)s)")
