@@ -16,6 +16,7 @@ Example::
     rois: {atlas: language}          # space: auto (LeBel with surfaces: fsaverage5), fsaverage5, native
     output: {store: results.zarr}
     executor: {kind: local}
+    weights: {disk_budget: 30GB}       # hub revisions freed after use (keep: true keeps them); mirror:, prefetch:
     downstream: evals/                 # lm-evaluation-harness results (or a CSV, or a list); optional:
                                        # {path: evals/, metric: acc, tokens_per_step: 2097152}
 """
@@ -279,6 +280,38 @@ class DownstreamConfig(StrictModel):
         return [Path(p) for p in ([self.path] if isinstance(self.path, str) else self.path)]
 
 
+class WeightsConfig(StrictModel):
+    """Where hub revisions' weights live while a sweep runs (not part of the hash: they
+    change no stored value). Local checkpoint folders are never touched."""
+
+    #: keep every fetched revision in the Hugging Face cache (default: free each one
+    #: after its features are extracted; features are the durable artefact)
+    keep: bool = False
+    #: most bytes of weights on disk at once, e.g. "30GB" (None: no limit)
+    disk_budget: Union[int, str, None] = None
+    #: a Hugging Face cache folder to copy revisions from instead of downloading them
+    mirror: str | None = None
+    #: revisions fetched ahead while the current one computes (within the budget)
+    prefetch: int = Field(1, ge=0)
+
+    @field_validator("disk_budget")
+    @classmethod
+    def _size(cls, v):
+        from ..features.weights import parse_bytes
+
+        try:
+            return parse_bytes(v, "weights.disk_budget")
+        except Exception as exc:  # ValidationError -> pydantic's message with the key
+            raise ValueError(str(exc)) from None
+
+    @field_validator("mirror")
+    @classmethod
+    def _mirror(cls, v):
+        if v is not None and not Path(v).expanduser().is_dir():
+            raise ValueError(f"weights.mirror: folder {v} does not exist")
+        return v
+
+
 class RunConfig(StrictModel):
     dataset: DatasetConfig
     model: ModelConfig
@@ -289,6 +322,8 @@ class RunConfig(StrictModel):
     rois: RoiConfig = Field(default_factory=RoiConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+    #: hub revisions' weights: freed after use, within a disk budget (not part of the hash)
+    weights: WeightsConfig = Field(default_factory=WeightsConfig)
     #: downstream-task results read onto the sweep's checkpoints (not part of the hash)
     downstream: DownstreamConfig | None = None
     #: where the config came from (set by load_config; not part of the hash)
