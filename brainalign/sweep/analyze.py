@@ -817,7 +817,7 @@ def analyze(path: str | Path, internal: bool = True, n_boot: int = 200, trust_re
     states = internal_state_curves(path, trust_remote_code=trust_remote_code) if internal else _memorisation(res, cfg)
     summary = state_curves(states, res)
     try:
-        downstream = store_downstream(path, _done(res), cfg)
+        downstream = store_downstream(path, res, cfg)
     except ValidationError as exc:
         log.warning("downstream results skipped: %s", exc)
         downstream = None

@@ -223,8 +223,9 @@ def stored_downstream(path: str | Path, res: xr.Dataset | None = None) -> xr.Dat
 
 
 def store_downstream(path: str | Path, res: xr.Dataset, config: Mapping | None = None) -> xr.Dataset | None:
-    """The downstream table of a store's done checkpoints: its stored copy, else (when
-    the files its config's ``downstream:`` names are there) read from them; else None."""
+    """The downstream table of a store's done checkpoints (``res``: the store, with its
+    ``done`` coordinate): its stored copy, else (when the files its config's
+    ``downstream:`` names are there) read from them onto all its checkpoints; else None."""
     ds = stored_downstream(path, res)
     if ds is None:
         section = (config or {}).get("downstream")
@@ -237,5 +238,7 @@ def store_downstream(path: str | Path, res: xr.Dataset, config: Mapping | None =
                         ", ".join(map(str, missing)), "is" if len(missing) == 1 else "are")
             return None
         ds = downstream_table(section, res)
-    keep = [c for c in res.checkpoint.values.tolist() if c in set(ds.checkpoint.values.tolist())]
+    labels = res.checkpoint.values[res["done"].values] if "done" in res.coords else res.checkpoint.values
+    have = set(ds.checkpoint.values.tolist())
+    keep = [c for c in labels.tolist() if c in have]
     return ds.sel(checkpoint=keep)
