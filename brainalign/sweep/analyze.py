@@ -782,8 +782,8 @@ def analyze(path: str | Path, internal: bool = True, n_boot: int = 200, trust_re
         ``step``), the summarised curves of :data:`STATE_CURVES` that exist (CKA and
         dimensionality averaged over layers, head scores max over layers and heads, ICL
         score, instruction following, training / held-out loss, memorisation gap) and
-        :data:`LM_LOSS_CURVE` (the store's ``lm_loss``); with ``internal=False`` only the
-        memorisation curves and the LM loss. ``downstream``: Dataset over ``checkpoint``
+        :data:`LM_LOSS_CURVE` (the store's ``lm_loss``); with ``internal=False`` (then
+        ``internal`` is None) only the memorisation curves and the LM loss. ``downstream``: Dataset over ``checkpoint``
         (coords ``tokens``, ``step``), one variable per task (the store's copy, else
         the files of its config's ``downstream:``; see
         :func:`brainalign.sweep.downstream.downstream_table`), or None.
@@ -814,8 +814,8 @@ def analyze(path: str | Path, internal: bool = True, n_boot: int = 200, trust_re
             curves["roi_pvalue"] = p
     phases, table = phase_table(curves, n_boot=n_boot)
     cfg = res.attrs.get("config", {}) or {}
-    states = internal_state_curves(path, trust_remote_code=trust_remote_code) if internal else _memorisation(res, cfg)
-    summary = state_curves(states, res)
+    states = internal_state_curves(path, trust_remote_code=trust_remote_code) if internal else None
+    summary = state_curves(states if internal else _memorisation(res, cfg), res)
     try:
         downstream = store_downstream(path, res, cfg)
     except ValidationError as exc:
