@@ -198,7 +198,10 @@ class WeightStream:
         return self.held_bytes + (size or 0) <= self.budget
 
     def acquire(self, revision: str) -> None:
-        """Make ``revision`` present in the working cache (blocks until it is)."""
+        """Make ``revision`` present in the working cache (blocks until it is); None
+        (a local folder) does nothing."""
+        if revision is None:
+            return
         with self._lock:
             if revision in self._fetching:
                 event = self._fetching[revision]
@@ -258,7 +261,7 @@ class WeightStream:
         """The revisions the sweep will acquire next, in order; the background thread
         fetches up to ``prefetch`` of them ahead, within the budget."""
         with self._lock:
-            self._queue = [r for r in revisions]
+            self._queue = [r for r in revisions if r is not None]
             if self._thread is None and self.prefetch:
                 self._thread = threading.Thread(target=self._prefetch_loop, name="brainalign-prefetch", daemon=True)
                 self._thread.start()
@@ -299,6 +302,8 @@ class WeightStream:
 
     def done(self, revision: str) -> None:
         """The sweep finished with ``revision``: drop it from the schedule and free it."""
+        if revision is None:
+            return
         with self._lock:
             self._queue = [r for r in self._queue if r != revision]
         self.release(revision)

@@ -209,6 +209,10 @@ class ExecutorConfig(StrictModel):
     #: a name registered in :data:`brainalign.sweep.executors.EXECUTORS` (built in: local, dask, slurm)
     kind: str = "local"
     workers: int = Field(2, gt=0)
+    #: "together": one task per checkpoint (features then fits); "separate": the features
+    #: of each checkpoint are a task of their own (GPU workers under SLURM with gpus), the
+    #: fits another that waits for it (needs features.cache: true)
+    stages: Literal["together", "separate"] = "together"
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
     @field_validator("kind")
@@ -300,9 +304,9 @@ class WeightsConfig(StrictModel):
         from ..features.weights import parse_bytes
 
         try:
-            return parse_bytes(v, "weights.disk_budget")
-        except Exception as exc:  # ValidationError -> pydantic's message with the key
-            raise ValueError(str(exc)) from None
+            return parse_bytes(v, "size")
+        except Exception as exc:  # ValidationError -> pydantic's message, which names the key
+            raise ValueError(str(exc).split(": ", 1)[-1]) from None
 
     @field_validator("mirror")
     @classmethod

@@ -55,28 +55,68 @@ class Executor:
 
 
 def _run_local(plan: "Plan", todo: list[int], *, progress: bool, workers: int | None = None) -> list[dict]:
-    """Each task in turn, in this process."""
+    """Each task in turn, in this process; hub revisions' weights are fetched (the next
+    ones prefetched) and freed around their task (``weights:``)."""
     from tqdm.auto import tqdm
 
+    from .run import run_checkpoint, weight_stream
+
+    out = []
+    with weight_stream(plan) as ws:
+        revs = [plan.checkpoints[i].revision for i in todo]
+        for k, i in enumerate(tqdm(todo, desc="checkpoints", unit="ckpt", disable=not progress)):
+            ws.schedule(revs[k:])
+            ws.acquire(revs[k])
+            out.append(run_checkpoint(plan, i))
+            ws.done(revs[k])
+    return out
+
+
+def _fit_after(plan: "Plan", index: int, extracted: dict) -> dict:
+    """The fits of a checkpoint whose features a separate task put in the cache."""
     from .run import run_checkpoint
 
-    return [run_checkpoint(plan, i) for i in tqdm(todo, desc="checkpoints", unit="ckpt", disable=not progress)]
+    return run_checkpoint(plan, index)
+
+
+def _with_weights(plan: "Plan", index: int) -> dict:
+    """One whole checkpoint task, its weights fetched and freed around it."""
+    from .run import run_checkpoint, weight_stream
+
+    rev = plan.checkpoints[index].revision
+    with weight_stream(plan, prefetch=0) as ws:
+        ws.acquire(rev)
+        out = run_checkpoint(plan, index)
+        ws.done(rev)
+    return out
 
 
 def run_on_client(plan: "Plan", todo: list[int], *, progress: bool, client=None, cluster=None,
                   resources: dict | None = None) -> list[dict]:
-    """The tasks as Dask futures on ``client`` (or on a client of ``cluster``, closed after)."""
+    """The tasks as Dask futures on ``client`` (or on a client of ``cluster``, closed after).
+
+    With ``executor.stages: separate``, each checkpoint is two tasks: its features
+    (:func:`~brainalign.sweep.run.extract_checkpoint`, asking for ``resources``) and its
+    fits, which wait for them and read them from the shared feature cache. Each task
+    fetches and frees its own weights (``weights:``; the budget holds per worker)."""
     from distributed import Client, as_completed
     from tqdm.auto import tqdm
 
-    from .run import run_checkpoint
+    from .run import extract_checkpoint
 
     own = client is None
     if own:
         client = Client(cluster)
     try:
-        futures = [client.submit(run_checkpoint, plan, i, key=f"checkpoint-{plan.checkpoints[i].label}-{plan.settings_hash}",
-                                 resources=resources, pure=False) for i in todo]
+        key = {i: f"{plan.checkpoints[i].label}-{plan.settings_hash}" for i in todo}
+        if plan.config.executor.stages == "separate":
+            # features on the workers that offer the resources (GPUs), fits wherever
+            feats = {i: client.submit(extract_checkpoint, plan, i, key=f"features-{key[i]}", resources=resources,
+                                      pure=False) for i in todo}
+            futures = [client.submit(_fit_after, plan, i, feats[i], key=f"fits-{key[i]}", pure=False) for i in todo]
+        else:
+            futures = [client.submit(_with_weights, plan, i, key=f"checkpoint-{key[i]}", resources=resources,
+                                     pure=False) for i in todo]
         out = []
         for fut in tqdm(as_completed(futures), total=len(futures), desc="checkpoints", unit="ckpt", disable=not progress):
             out.append(fut.result())

@@ -157,13 +157,19 @@ def _trainer_state(folder: Path) -> tuple[float, float] | None:
     return (np.nan if step is None else float(step)), (np.nan if tokens is None else float(tokens))
 
 
-def _has_config(model: str, revision: str, trust_remote_code: bool) -> bool:
+def _source_cache(cfg: RunConfig) -> str | None:
+    """The hub cache a plan reads revisions' configs from: ``weights.mirror`` when set
+    (the weights are copied from there), else the default (the hub, or its cache)."""
+    return str(Path(cfg.weights.mirror).expanduser()) if cfg.weights.mirror else None
+
+
+def _has_config(model: str, revision: str, trust_remote_code: bool, cache_dir: str | None = None) -> bool:
     """True when ``revision`` of hub model ``model`` can be read (e.g. a commit hash that
     the revision listing, which names branches and tags, does not show)."""
     from transformers import AutoConfig
 
     try:
-        AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
+        AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
     except (OSError, ValueError):
         return False
     return True
@@ -190,7 +196,7 @@ def resolve_checkpoints(cfg: RunConfig) -> list[Checkpoint]:
     else:
         from ..features import list_revisions
 
-        available = list(list_revisions(m.name))
+        available = list(list_revisions(m.name, hf_cache_dir=_source_cache(cfg)))
         where = f"model {m.name}"
 
     def axis(label):
@@ -207,7 +213,7 @@ def resolve_checkpoints(cfg: RunConfig) -> list[Checkpoint]:
     if revs is None:
         chosen = available
     elif isinstance(revs, list):
-        missing = [r for r in revs if r not in available and (local or not _has_config(m.name, r, m.trust_remote_code))]
+        missing = [r for r in revs if r not in available and (local or not _has_config(m.name, r, m.trust_remote_code, _source_cache(cfg)))]
         if missing:
             shown = ", ".join(map(str, available[:8])) + (" ..." if len(available) > 8 else "")
             raise ValidationError(f"model.revisions: {missing} not found in {where} (available: {shown or 'none'})")
@@ -239,10 +245,11 @@ def resolve_checkpoints(cfg: RunConfig) -> list[Checkpoint]:
     return out
 
 
-def _n_layers(ckpt: Checkpoint, trust_remote_code: bool) -> int:
+def _n_layers(ckpt: Checkpoint, trust_remote_code: bool, cache_dir: str | None = None) -> int:
     from transformers import AutoConfig
 
-    conf = AutoConfig.from_pretrained(ckpt.model, revision=ckpt.revision, trust_remote_code=trust_remote_code)
+    conf = AutoConfig.from_pretrained(ckpt.model, revision=ckpt.revision, trust_remote_code=trust_remote_code,
+                                      cache_dir=cache_dir if ckpt.revision is not None else None)
     for attr in ("num_hidden_layers", "n_layer", "num_layers"):
         if getattr(conf, attr, None):
             return int(getattr(conf, attr))
@@ -275,7 +282,7 @@ def make_plan(config: RunConfig | str | Path | dict, dataset=None) -> Plan:
     _check_options(cfg)
     targets = _target_space(cfg, ds, subjects)
     checkpoints = resolve_checkpoints(cfg)
-    n_layers = _n_layers(checkpoints[-1], cfg.model.trust_remote_code)
+    n_layers = _n_layers(checkpoints[-1], cfg.model.trust_remote_code, _source_cache(cfg))
     layers = cfg.resolve_layers(n_layers)
     roi_names = _roi_names(cfg, subjects, targets)
     return Plan(
@@ -341,6 +348,9 @@ def _check_options(cfg: RunConfig) -> None:
     """Options that need each other."""
     if cfg.rois.how == "fraction_significant" and cfg.stats.test == "none":
         raise ValidationError("rois.how: 'fraction_significant' needs significance tests: stats.test is 'none'")
+    if cfg.executor.stages == "separate" and not cfg.features.cache:
+        raise ValidationError("executor.stages: 'separate' hands the features to the fits through the feature cache: "
+                              "features.cache is false")
 
 
 @dataclass(frozen=True)
@@ -512,9 +522,77 @@ def _region(plan: Plan, res: xr.Dataset, roi: xr.DataArray, fs, roi_cv: xr.DataA
     return xr.Dataset(out)
 
 
+def checkpoint_features(plan: Plan, index: int, progress: bool = False):
+    """The features of checkpoint ``index`` at the plan's layers (from the feature cache
+    when they are there): the first stage of :func:`run_checkpoint`."""
+    from .. import features
+
+    cfg, ckpt = plan.config, plan.checkpoints[index]
+    return features.extract(
+        plan.dataset(),
+        model=ckpt.model,
+        revision=ckpt.revision,
+        layers=plan.layers,
+        **cfg.features.extract_options(),
+        training={"step": None if np.isnan(ckpt.step) else ckpt.step, "tokens": None if np.isnan(ckpt.tokens) else ckpt.tokens},
+        trust_remote_code=cfg.model.trust_remote_code,
+        progress=progress,
+    )
+
+
+class _NoStream:
+    """Weights left where they are (local folders, or ``weights.keep`` with no budget)."""
+
+    def schedule(self, revisions) -> None:
+        pass
+
+    def acquire(self, revision) -> None:
+        pass
+
+    def done(self, revision) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def weight_stream(plan: Plan, prefetch: int | None = None):
+    """A :class:`~brainalign.features.weights.WeightStream` for the plan's hub revisions
+    (``weights:`` settings), or a stand-in that does nothing for local folders. Use as
+    a context manager; ``acquire``/``done`` take a revision name (or None)."""
+    w = plan.config.weights
+    hub = [c for c in plan.checkpoints if c.revision is not None and not Path(c.model).expanduser().is_dir()]
+    if not hub or (w.keep and w.disk_budget is None):
+        return _NoStream()
+    from huggingface_hub import constants
+
+    from ..features.weights import WeightStream
+
+    return WeightStream(hub[0].model, constants.HF_HUB_CACHE, w.disk_budget, keep=w.keep, mirror=w.mirror,
+                        prefetch=w.prefetch if prefetch is None else prefetch)
+
+
+def extract_checkpoint(plan: Plan, index: int) -> dict:
+    """The features stage alone (into the feature cache), for executors that run it apart
+    from the fits (``executor.stages: separate``): fetches the revision's weights, extracts
+    every layer, frees the weights (``weights:``). Skips a checkpoint already done."""
+    ckpt = plan.checkpoints[index]
+    if ResultsStore(plan.store_path).done(ckpt.label, plan.settings_hash):
+        return {"label": ckpt.label, "skipped": True}
+    t0 = time.perf_counter()
+    with weight_stream(plan, prefetch=0) as ws:
+        ws.acquire(ckpt.revision)
+        checkpoint_features(plan, index)
+        ws.done(ckpt.revision)
+    return {"label": ckpt.label, "skipped": False, "seconds": time.perf_counter() - t0, "host": socket.gethostname()}
+
+
 def run_checkpoint(plan: Plan, index: int, progress: bool = False) -> dict:
     """Features -> encoders -> ROI summary for one checkpoint; writes its region."""
-    from .. import encoding, features, rois
+    from .. import encoding, rois
     from ..surfaces.atlases import whole_targets
 
     cfg = plan.config
@@ -524,16 +602,7 @@ def run_checkpoint(plan: Plan, index: int, progress: bool = False) -> dict:
         return {"label": ckpt.label, "skipped": True}
     t0, started = time.perf_counter(), datetime.now(timezone.utc).isoformat()
     ds = plan.dataset()
-    fs = features.extract(
-        ds,
-        model=ckpt.model,
-        revision=ckpt.revision,
-        layers=plan.layers,
-        **cfg.features.extract_options(),
-        training={"step": None if np.isnan(ckpt.step) else ckpt.step, "tokens": None if np.isnan(ckpt.tokens) else ckpt.tokens},
-        trust_remote_code=cfg.model.trust_remote_code,
-        progress=progress,
-    )
+    fs = checkpoint_features(plan, index, progress=progress)
     if plan.projection:  # the atlas is carried to each subject's voxels (rois.load_atlas on its SubjectSpace)
         atlas = cfg.rois.atlas
     elif _atlas_space(plan.space):
