@@ -182,3 +182,29 @@ def test_state_settings_are_part_of_the_analysis_cache_key(tiny_sweep, monkeypat
     monkeypatch.setitem(an.STATE_SETTINGS, "probe", [an.PROBE_ITEMS_PER_KIND + 1, an.PROBE_NEW_TOKENS])
     assert an._analysis_cache(sweep, sweep.results, 1500, False) != before
     assert set(STATE_CURVES) >= {"induction_max", "instruction_following", "memorisation_gap"}
+
+
+def test_the_sweep_stores_its_downstream_copy_and_refuses_unmatched_files(tiny_sweep, tmp_path):
+    from brainalign import ValidationError
+    from brainalign.sweep.downstream import stored_downstream
+
+    store = tiny_sweep.root / "results.zarr"
+    copy = stored_downstream(store)
+    assert copy is not None and list(copy.checkpoint.values) == tiny_sweep.names
+    np.testing.assert_array_equal(copy["toy"].values, [0.25] * 3 + [0.75] * (len(tiny_sweep.names) - 3))
+    # the files gone (a store received from someone else): the copy still gives the curves
+    moved = tiny_sweep.root / "downstream.csv"
+    kept = moved.with_suffix(".bak")
+    moved.rename(kept)
+    try:
+        a = analyze(store, internal=False, n_boot=20)
+        assert a["downstream"] is not None and "toy" in a["downstream"]
+    finally:
+        kept.rename(moved)
+    # a result for a checkpoint this sweep does not have: refused before the store exists
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"checkpoint": ["checkpoint-99999"], "task": "toy", "metric": "acc", "value": [0.5]}).to_csv(bad, index=False)
+    cfg = _config(tmp_path, {"name": str(tiny_sweep.tiny.out_dir)}, downstream={"path": str(bad)})
+    with pytest.raises(ValidationError, match="bad.csv"):
+        run(cfg, progress=False)
+    assert not (tmp_path / "results.zarr").exists()

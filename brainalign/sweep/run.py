@@ -814,6 +814,22 @@ def _reuse_store(plan: Plan, store: ResultsStore, force: bool) -> None:
                                  "output store, or --force to discard it and start over")
 
 
+def _downstream(plan: Plan):
+    from .downstream import downstream_for_plan
+
+    return downstream_for_plan(plan)
+
+
+def _store_downstream(plan: Plan, down) -> None:
+    """The downstream table as the store's ``downstream`` zarr group (rewritten each run:
+    the files may have gained results)."""
+    from .downstream import DOWNSTREAM_GROUP
+    from .store import _quiet, _zarr_kwargs
+
+    with _quiet():
+        down.to_zarr(plan.store_path, group=DOWNSTREAM_GROUP, mode="w", **_zarr_kwargs())
+
+
 def _todo(plan: Plan, store: ResultsStore) -> list[int]:
     """Checkpoints not done yet, and done ones whose chunk files went missing (redone)."""
     planned = {c.label for c in plan.checkpoints}
@@ -852,7 +868,10 @@ def run(
     store = ResultsStore(Path(cfg.output.store).expanduser())
     with store.writer():
         plan = make_plan(cfg)
+        down = _downstream(plan)  # files that match no checkpoint are refused before any work
         _create_store(plan, store, force)
+        if down is not None:  # a copy in the store, so a report from a received store shows it
+            _store_downstream(plan, down)
         todo = _todo(plan, store)
         log.info("%d of %d checkpoints to do", len(todo), len(plan.checkpoints))
         if todo and client is not None:  # a Dask client given: the tasks run on it, whatever executor.kind says
