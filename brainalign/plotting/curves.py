@@ -81,7 +81,12 @@ class _TrainingAxis:
         """Log-scale ``ax``'s x axis (when log) with an "init" tick and the break mark."""
         if not self.log:
             return
+        import matplotlib.ticker as mticker
+
         ax.set_xscale("log")
+        # labels at the decades only: matplotlib labels minor ticks over short ranges, and
+        # in small panels "3x10^0 4x10^0 6x10^0" run into each other
+        ax.xaxis.set_minor_formatter(mticker.NullFormatter())
         if self.init is None:
             return
         locator, formatter = _tick_classes()
