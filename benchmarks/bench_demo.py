@@ -41,13 +41,14 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="brainalign-bench-demo-"))
     env = {**os.environ, "BRAINALIGN_CACHE": str(out / "cache"), "MPLBACKEND": "Agg"}  # cold caches: what a new user sees
     cmd = _child_command(out, args, env)
-    wall = peak_mb = float("nan")
+    wall = peak_mb = cpu = float("nan")
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     if not args.reuse:
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
         wall = time.perf_counter() - t0
-        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        peak_mb, cpu = ru.ru_maxrss / 1024, ru.ru_utime + ru.ru_stime
     load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
     from brainalign.sweep import Sweep
@@ -60,6 +61,7 @@ def main() -> None:
     row = {
         "demo": ("quick" if args.quick else "full") + (f" at {args.rev}" if args.rev else ""),
         "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),  # user + system of the child: less sensitive to other jobs than wall time
         "peak_rss_mb": round(peak_mb, 0),
         "load_1min_before_after": [round(load_before, 2), round(load_after, 2)],
         "checkpoints": res.sizes["checkpoint"],
