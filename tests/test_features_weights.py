@@ -146,3 +146,62 @@ def test_bad_budgets_and_sources_are_named():
         parse_bytes(0)
     with pytest.raises(DataNotFoundError, match="holds no"):
         WeightStream(REPO, "/tmp/unused-work", mirror="/nonexistent/mirror")
+
+
+def test_a_snapshot_shared_with_the_users_ref_is_never_deleted(mirror, tmp_path):
+    """The user's `main` is the same commit as a revision the sweep fetches (Pythia's
+    main is its last step): freeing that revision drops only its own ref."""
+    work = tmp_path / "work"
+    own = WeightStream(REPO, work, mirror=mirror, prefetch=0, keep=True)
+    own.acquire(REVS[2])
+    repo = work / ("models--" + REPO.replace("/", "--"))
+    (repo / "refs" / "main").write_text((repo / "refs" / REVS[2]).read_text())
+    (repo / "refs" / REVS[2]).unlink()
+    (work / ".brainalign-weights.json").unlink()  # the user's download, not a stream's
+    ws = WeightStream(REPO, work, mirror=mirror, prefetch=0)
+    ws.acquire(REVS[2])
+    ws.done(REVS[2])
+    assert revision_bytes(work, REPO, "main") is not None  # the user's files are intact
+    assert revision_bytes(work, REPO, REVS[2]) is None
+
+
+def test_a_half_done_fetch_is_redone_and_leftovers_are_freed(mirror, tmp_path):
+    work = tmp_path / "work"
+    ws = WeightStream(REPO, work, mirror=mirror, prefetch=0)
+    ws.acquire(REVS[4])
+    ws.acquire(REVS[5])
+    # killed: REVS[5] half-fetched (its ledger entry still pending, a file missing)
+    import json
+
+    ledger = work / ".brainalign-weights.json"
+    data = json.loads(ledger.read_text())
+    data[REPO][REVS[5]] = {"state": "pending"}
+    ledger.write_text(json.dumps(data))
+    repo = work / ("models--" + REPO.replace("/", "--"))
+    snap = repo / "snapshots" / (repo / "refs" / REVS[5]).read_text()
+    next(p for p in snap.iterdir() if p.suffix == ".safetensors").unlink()
+    again = WeightStream(REPO, work, mirror=mirror, prefetch=0, budget=10 * revision_bytes(mirror, REPO, REVS[0]))
+    again.free_unscheduled([REVS[5]])  # REVS[4]'s checkpoint was done before the kill
+    assert revision_bytes(work, REPO, REVS[4]) is None and again.held_bytes == 0
+    again.acquire(REVS[5])
+    assert again.fetched == [REVS[5]] and any(p.suffix == ".safetensors" for p in snap.iterdir())
+    again.done(REVS[5])
+    assert revision_bytes(work, REPO, REVS[5]) is None
+
+
+def test_a_failed_prefetch_is_retried_by_the_sweep(mirror, tmp_path, monkeypatch):
+    ws = WeightStream(REPO, tmp_path / "work", mirror=mirror, prefetch=1)
+    calls = []
+    real = ws._copy_from_mirror
+
+    def flaky(rev, replace=False):
+        calls.append(rev)
+        if len(calls) == 1:
+            raise OSError("transient network error")
+        real(rev, replace)
+
+    monkeypatch.setattr(ws, "_copy_from_mirror", flaky)
+    with pytest.raises(OSError):
+        ws.acquire(REVS[0])
+    ws.acquire(REVS[0])  # retried, and present afterwards
+    assert revision_bytes(tmp_path / "work", REPO, REVS[0]) is not None and ws.fetched == [REVS[0]]

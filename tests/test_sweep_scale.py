@@ -76,10 +76,14 @@ def test_weights_stay_within_budget_and_results_equal_keeping_everything(tmp_pat
 
     real = run_mod.run_checkpoint
 
-    def spy(plan, i, progress=False):
+    def spy(plan, i, progress=False, before_load=None):
         repo = hub_cache / ("models--" + REPO.replace("/", "--"))
-        held.append(sum(revision_bytes(hub_cache, REPO, r) or 0 for r in REVS if (repo / "refs" / r).is_file()))
-        return real(plan, i, progress)
+
+        def fetch_then_measure():
+            before_load()
+            held.append(sum(revision_bytes(hub_cache, REPO, r) or 0 for r in REVS if (repo / "refs" / r).is_file()))
+
+        return real(plan, i, progress, before_load=fetch_then_measure)
 
     monkeypatch.setattr(run_mod, "run_checkpoint", spy)
     first = REVS[:6]
@@ -92,7 +96,12 @@ def test_weights_stay_within_budget_and_results_equal_keeping_everything(tmp_pat
         streamed = run(_config(tmp_path, "streamed.zarr", REVS, weights={"mirror": str(mirror), "disk_budget": budget}),
                        progress=False)
         fetched_more = [r.message for r in caplog.records if "fetched" in r.message]
-    assert len(fetched_first) == 6 and len(fetched_more) == 6
+        caplog.clear()
+        # another sweep of the same features (other alphas): everything is cached, nothing is fetched
+        run(_config(tmp_path, "other.zarr", REVS, weights={"mirror": str(mirror), "disk_budget": budget},
+                    encoding={"alphas": {"logspace": [0, 3, 2]}}), progress=False)
+        fetched_again = [r.message for r in caplog.records if "fetched" in r.message]
+    assert len(fetched_first) == 6 and len(fetched_more) == 6 and fetched_again == []
     assert all(f"@{r} " in m for r, m in zip(REVS[6:], fetched_more))
     assert max(held) <= budget and max(held) > 0
     assert revision_bytes(hub_cache, REPO, REVS[-1]) is None  # every fetched revision freed

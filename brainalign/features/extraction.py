@@ -298,6 +298,7 @@ def extract(
     revision_map: Mapping[str, Mapping[str, Any]] | Callable[[str], Any] | None = None,
     training: Mapping[str, Any] | None = None,
     dataset_name: str | None = None,
+    before_load: Callable[[], None] | None = None,
     progress: bool | None = None,
     cache_dir: str | os.PathLike | None = None,
     word_reduction: str | None = None,
@@ -350,6 +351,9 @@ def extract(
         ``{"step": ..., "tokens": ...}`` (see :func:`parse_revision`).
     dataset_name : str, optional
         Name used in the cache key for a list of stories (a Dataset's own name otherwise).
+    before_load : callable, optional
+        Called (no arguments) just before the model is loaded, only when some story is
+        not in the cache: a sweep fetches the revision's weights there.
     progress : bool, optional
         tqdm progress bars (default: when attached to a terminal).
     cache_dir, word_reduction :
@@ -387,6 +391,8 @@ def extract(
     info: dict[str, Any] = {"dataset": dataset, "commit": src.commit, "cache_hits": len(stories) - len(missing)}
     # 4. the rest, one model load for all missing stories
     if missing:
+        if before_load is not None:  # e.g. fetch the revision's weights: only when something must be computed
+            before_load()
         mdl, tok, k = load_model(
             src, kind=kind, device=dev, dtype=dt, hf_cache_dir=hf_cache_dir, trust_remote_code=trust_remote_code,
             use_safetensors=use_safetensors, tokenizer=tokenizer,

@@ -55,8 +55,9 @@ class Executor:
 
 
 def _run_local(plan: "Plan", todo: list[int], *, progress: bool, workers: int | None = None) -> list[dict]:
-    """Each task in turn, in this process; hub revisions' weights are fetched (the next
-    ones prefetched) and freed around their task (``weights:``)."""
+    """Each task in turn, in this process; hub revisions' weights are fetched when a task
+    needs them (features not all cached; from then on the next ones are prefetched) and
+    freed after it (``weights:``)."""
     from tqdm.auto import tqdm
 
     from .run import run_checkpoint, weight_stream
@@ -64,19 +65,33 @@ def _run_local(plan: "Plan", todo: list[int], *, progress: bool, workers: int | 
     out = []
     with weight_stream(plan) as ws:
         revs = [plan.checkpoints[i].revision for i in todo]
+        ws.free_unscheduled(revs)  # what a killed run fetched for checkpoints done since
         for k, i in enumerate(tqdm(todo, desc="checkpoints", unit="ckpt", disable=not progress)):
-            ws.schedule(revs[k:])
-            ws.acquire(revs[k])
-            out.append(run_checkpoint(plan, i))
+
+            def fetch(k=k):
+                ws.schedule(revs[k:])
+                ws.acquire(revs[k])
+
+            out.append(run_checkpoint(plan, i, before_load=fetch))
             ws.done(revs[k])
     return out
 
 
 def _fit_after(plan: "Plan", index: int, extracted: dict) -> dict:
-    """The fits of a checkpoint whose features a separate task put in the cache."""
+    """The fits of a checkpoint whose features a separate task put in the cache; a
+    feature cache this worker does not share with that task is an error, not a second
+    extraction (with a model download) on a fits worker."""
+    from ..errors import ValidationError
     from .run import run_checkpoint
 
-    return run_checkpoint(plan, index)
+    def refuse():
+        from ..config import cache_dir
+
+        raise ValidationError(
+            f"checkpoint {plan.checkpoints[index].label}: its features are not in this worker's feature cache "
+            f"({cache_dir()}); with executor.stages: separate every worker must share one $BRAINALIGN_CACHE")
+
+    return run_checkpoint(plan, index, before_load=refuse)
 
 
 def _with_weights(plan: "Plan", index: int) -> dict:
@@ -85,8 +100,7 @@ def _with_weights(plan: "Plan", index: int) -> dict:
 
     rev = plan.checkpoints[index].revision
     with weight_stream(plan, prefetch=0) as ws:
-        ws.acquire(rev)
-        out = run_checkpoint(plan, index)
+        out = run_checkpoint(plan, index, before_load=lambda: ws.acquire(rev))
         ws.done(rev)
     return out
 

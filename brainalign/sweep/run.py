@@ -522,9 +522,10 @@ def _region(plan: Plan, res: xr.Dataset, roi: xr.DataArray, fs, roi_cv: xr.DataA
     return xr.Dataset(out)
 
 
-def checkpoint_features(plan: Plan, index: int, progress: bool = False):
+def checkpoint_features(plan: Plan, index: int, progress: bool = False, before_load=None):
     """The features of checkpoint ``index`` at the plan's layers (from the feature cache
-    when they are there): the first stage of :func:`run_checkpoint`."""
+    when they are there): the first stage of :func:`run_checkpoint`. ``before_load`` is
+    called before the model is loaded, only when something is not cached."""
     from .. import features
 
     cfg, ckpt = plan.config, plan.checkpoints[index]
@@ -537,6 +538,7 @@ def checkpoint_features(plan: Plan, index: int, progress: bool = False):
         training={"step": None if np.isnan(ckpt.step) else ckpt.step, "tokens": None if np.isnan(ckpt.tokens) else ckpt.tokens},
         trust_remote_code=cfg.model.trust_remote_code,
         progress=progress,
+        before_load=before_load,
     )
 
 
@@ -544,6 +546,9 @@ class _NoStream:
     """Weights left where they are (local folders, or ``weights.keep`` with no budget)."""
 
     def schedule(self, revisions) -> None:
+        pass
+
+    def free_unscheduled(self, keep) -> None:
         pass
 
     def acquire(self, revision) -> None:
@@ -584,14 +589,14 @@ def extract_checkpoint(plan: Plan, index: int) -> dict:
         return {"label": ckpt.label, "skipped": True}
     t0 = time.perf_counter()
     with weight_stream(plan, prefetch=0) as ws:
-        ws.acquire(ckpt.revision)
-        checkpoint_features(plan, index)
+        checkpoint_features(plan, index, before_load=lambda: ws.acquire(ckpt.revision))
         ws.done(ckpt.revision)
     return {"label": ckpt.label, "skipped": False, "seconds": time.perf_counter() - t0, "host": socket.gethostname()}
 
 
-def run_checkpoint(plan: Plan, index: int, progress: bool = False) -> dict:
-    """Features -> encoders -> ROI summary for one checkpoint; writes its region."""
+def run_checkpoint(plan: Plan, index: int, progress: bool = False, before_load=None) -> dict:
+    """Features -> encoders -> ROI summary for one checkpoint; writes its region.
+    ``before_load``: see :func:`checkpoint_features` (a sweep fetches weights there)."""
     from .. import encoding, rois
     from ..surfaces.atlases import whole_targets
 
@@ -602,7 +607,7 @@ def run_checkpoint(plan: Plan, index: int, progress: bool = False) -> dict:
         return {"label": ckpt.label, "skipped": True}
     t0, started = time.perf_counter(), datetime.now(timezone.utc).isoformat()
     ds = plan.dataset()
-    fs = checkpoint_features(plan, index, progress=progress)
+    fs = checkpoint_features(plan, index, progress=progress, before_load=before_load)
     if plan.projection:  # the atlas is carried to each subject's voxels (rois.load_atlas on its SubjectSpace)
         atlas = cfg.rois.atlas
     elif _atlas_space(plan.space):
