@@ -603,13 +603,23 @@ def _circuit_states(plan, ckpts, texts: list[str], tokens: dict) -> xr.Dataset |
     if not causal:
         log.info("head scores, ICL score and instruction probe skipped: %s is not a causal language model", last.model)
         return None
+    from .run import weight_stream
+
+    parts = []
     try:
-        heads = model_states({c.label: (c.model, c.revision) for c in ckpts}, texts=texts, tokens=tokens,
-                             n_seqs=STATE_SETTINGS["head_seqs"], trust_remote_code=trust,
-                             instructions=probe_items(PROBE_ITEMS_PER_KIND), max_new_tokens=PROBE_NEW_TOKENS)
-    except (OSError, ValueError, ValidationError) as exc:  # e.g. weights only as .bin, no attention weights
+        # hub revisions a sweep freed are fetched again one at a time, within weights.disk_budget, and freed
+        with weight_stream(plan, prefetch=0) as ws:
+            for c in ckpts:
+                ws.acquire(c.revision)
+                parts.append(model_states({c.label: (c.model, c.revision)}, texts=texts, tokens=tokens,
+                                          n_seqs=STATE_SETTINGS["head_seqs"], trust_remote_code=trust,
+                                          instructions=probe_items(PROBE_ITEMS_PER_KIND),
+                                          max_new_tokens=PROBE_NEW_TOKENS))
+                ws.done(c.revision)
+    except (OSError, ValueError, ValidationError) as exc:  # e.g. weights only as .bin, not downloadable offline
         log.warning("head scores skipped: %s", exc)
         return None
+    heads = xr.concat(parts, dim="checkpoint", data_vars="all", coords="different", join="outer")
     return heads[[v for v in heads.data_vars if "head" not in heads[v].dims]]
 
 
