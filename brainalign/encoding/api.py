@@ -198,7 +198,7 @@ def _fit_group(arr: _Arrays, setup: _Setup, features, dataset, group, b: Backend
         nb = int(tr_blocks(test_lengths, opts["boot_block_length"])[-1]) + 1
         arr.n_blocks.update({s: nb for s in members})
         _warn_few_blocks(test, test_lengths, opts["boot_block_length"], nb)
-    for s in members:
+    for s in members if opts["ceiling"] is not None else []:
         c = dataset_ceiling(dataset, s, test, opts["ceiling"])
         if c is not None:
             arr.vars["ceiling"][setup.subjects.index(s), : c.size] = c
@@ -290,7 +290,7 @@ def fit(
     n_permutations: int = 1000,
     block_size: int = 20,
     fdr: float = 0.05,
-    ceiling: str = "ccmax",
+    ceiling: str | None = "ccmax",
     n_targets_batch: int | None = None,
     random_state: int = 0,
     progress: bool = True,
@@ -349,8 +349,9 @@ def fit(
         TRs per block of the block permutation test.
     fdr : float
         The BH-FDR level ``q`` of ``significant``.
-    ceiling : {"ccmax", "ev"}
-        Noise ceiling from test-story repeats, when the dataset has them.
+    ceiling : {"ccmax", "ev"} or None
+        Noise ceiling from test-story repeats, when the dataset has them; None: none
+        computed (a sweep computes it once for all checkpoints).
     rois : atlas name, Atlas, or int label array (one label per target, 0 = none), optional
         Also bootstrap the ROI-mean held-out r (``roi_boot``): the test TRs are cut into
         blocks of ``boot_block_length`` TRs within stories, and ``n_boot`` replicates

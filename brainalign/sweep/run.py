@@ -634,6 +634,7 @@ def run_checkpoint(plan: Plan, index: int, progress: bool = False, before_load=N
         n_boot=BOOTSTRAP["n_boot"],
         boot_block_length=BOOTSTRAP["block_length"],
         random_state=BOOTSTRAP["seed"],
+        ceiling=None,  # the same for every checkpoint: stored once, when the store is created (_ceilings)
     )
     agg = rois.aggregate(res, atlas=atlas, how=cfg.rois.how, dataset=ds if plan.projection else None)
     roi = agg["fraction_significant" if cfg.rois.how == "fraction_significant" else "score"]
