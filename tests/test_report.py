@@ -134,3 +134,17 @@ def test_config_is_yaml():
 
     text = yaml_block({"model": {"name": "m", "layers": [1, 2]}, "stats": {"test": "sign"}})
     assert text.startswith("model:\n  name: m") and "{" not in text
+
+
+def test_the_corpus_overlap_sentence_claims_only_what_was_checked():
+    from brainalign.sweep._report import _overlap_sentence
+
+    base = {"documents": 10, "words": 10390, "stories": ["a", "b", "c"], "stories_in_corpus": []}
+    names_only = _overlap_sentence({**base, "overlap": None, "checked": "names only"})
+    assert "could not be compared" in names_only and "holds none" not in names_only
+    none = _overlap_sentence({**base, "overlap": {"a": 0.0, "b": 0.01, "c": 0.0}, "checked": "text and names"})
+    assert "holds none" in none and "1%" in none
+    partial = _overlap_sentence({**base, "overlap": {"a": 0.3, "b": 0.0, "c": 0.0}, "checked": "text and names"})
+    assert "partly overlapping" in partial and "30%" in partial and "holds none" not in partial
+    inside = _overlap_sentence({**base, "stories_in_corpus": ["b"], "overlap": {"b": 0.9}})
+    assert inside.startswith("Caution") and "b" in inside

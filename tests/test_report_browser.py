@@ -131,6 +131,8 @@ def _expected(a: dict, key: str, at: dict) -> float:
         return len(t["stories"])
     if key == "n_overlap_stories":
         return len(t["stories_in_corpus"])
+    if key == "max_overlap":
+        return max(t["overlap"].values())
     raise AssertionError(f"the test does not know the quoted number {key!r}: add it here")
 
 
@@ -141,6 +143,9 @@ def _printed(text: str) -> tuple[float, float]:
     """(value, half a unit of its last printed digit) of a quoted number like ``0.171``,
     ``6.7e-07``, ``2.05 B`` or ``20484``."""
     s = text.strip().replace("\u2212", "-")
+    if s.endswith("%"):  # a fraction printed as a percentage
+        v, half = _printed(s[:-1])
+        return v / 100, half / 100
     m = re.fullmatch(r"(-?\d+(?:\.(\d+))?)(?:e([-+]?\d+))?(?: ([kMBT]))?", s)
     assert m, f"not a number: {text!r}"
     decimals = len(m.group(2) or "")

@@ -66,8 +66,12 @@ class _Ctx:
         return fig
 
     def peak(self, roi: str) -> str:
-        """The checkpoint of ``roi``'s highest subject-mean alignment."""
-        return str(self.curves["score_mean"].sel(roi=roi).idxmax("checkpoint").values)
+        """The checkpoint of ``roi``'s highest subject-mean alignment ("–" when the ROI
+        has no finite score, e.g. no target of the atlas in the data)."""
+        curve = self.curves["score_mean"].sel(roi=roi)
+        if not np.isfinite(curve.values).any():
+            return "–"
+        return str(curve.idxmax("checkpoint").values)
 
 
 def _accepts(func: Callable, name: str) -> bool:
@@ -254,13 +258,27 @@ def _overlap_sentence(t: dict) -> str:
         return (f"The model was trained here (train-tiny) on its own corpus{size}; the stimulus stories were not "
                 f"available to compare with it.")
     n = len(t.get("stories") or [])
-    how = html.escape(str(t.get("checked", "")))
-    if not inside:
-        return (f"The model's training corpus{size} holds none of the {num(n, 'n_stories', fmt='int')} stimulus "
-                f"stories ({num(0, 'n_overlap_stories', fmt='int')} found, checked by {how}): the alignment is not "
-                f"to text the model memorised.")
-    return (f"Caution: {num(len(inside), 'n_overlap_stories', fmt='int')} of the {num(n, 'n_stories', fmt='int')} "
-            f"stimulus stories are in the model's training corpus{size}: {html.escape(', '.join(map(str, inside)))}.")
+    overlap = t.get("overlap")
+    if inside:
+        return (f"Caution: {num(len(inside), 'n_overlap_stories', fmt='int')} of the {num(n, 'n_stories', fmt='int')} "
+                f"stimulus stories are in the model's training corpus{size}: {html.escape(', '.join(map(str, inside)))}.")
+    if overlap is None:  # the corpus texts are not on this machine: names only
+        return (f"The model's training corpus{size} could not be compared with the {num(n, 'n_stories', fmt='int')} "
+                f"stimulus stories by text (its files are not on this machine); no corpus file has a stimulus story's "
+                f"name.")
+    most = max(overlap.values()) if overlap else 0.0
+    if most >= DISJOINT_BELOW:
+        return (f"The model's training corpus{size} shares up to {num(most, 'max_overlap', fmt='percent')} of a stimulus "
+                f"story's 8-word sequences (below the {APPEARS_TEXT} that counts as the story being in it): partly "
+                f"overlapping text.")
+    return (f"The model's training corpus{size} holds none of the {num(n, 'n_stories', fmt='int')} stimulus stories: "
+            f"at most {num(most, 'max_overlap', fmt='percent')} of any story's 8-word sequences appear in it (checked by "
+            f"text and names), so the alignment is not to text the model was trained on.")
+
+
+#: a largest shared fraction of 8-word sequences below this is reported as no overlap
+DISJOINT_BELOW = 0.02
+APPEARS_TEXT = "half"
 
 
 def _fsaverage() -> dict:

@@ -134,12 +134,14 @@ def _model_facts(plan) -> tuple[int, float, int, float, Any, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
     from ..features.loading import resolve_source, tokenizer_folder
+    from .run import _source_cache
 
     model, revision = _first_model(plan)
-    src = resolve_source(model, revision)
-    cfg = AutoConfig.from_pretrained(src.load_from, revision=src.load_revision,
+    cache = _source_cache(plan.config) if revision is not None else None  # weights.mirror: read from there
+    src = resolve_source(model, revision, cache)
+    cfg = AutoConfig.from_pretrained(src.load_from, revision=src.load_revision, cache_dir=cache,
                                      trust_remote_code=plan.config.model.trust_remote_code)
-    tok = AutoTokenizer.from_pretrained(tokenizer_folder(src), revision=src.load_revision)
+    tok = AutoTokenizer.from_pretrained(tokenizer_folder(src), revision=src.load_revision, cache_dir=cache)
     hidden = int(getattr(cfg, "hidden_size", getattr(cfg, "d_model", 0)))
     n_layers = int(getattr(cfg, "num_hidden_layers", getattr(cfg, "n_layer", 0)))
     vocab = int(getattr(cfg, "vocab_size", 0))
@@ -224,19 +226,27 @@ def _task_seconds(plan, layers: list[int], folder) -> float:
 def calibrate(plan, size: SweepSize | None = None, bandwidth: float = 200e6) -> Rates:
     """:class:`Rates` of this machine: the sweep's own first checkpoint run for real
     (features of every story, then the fits of one and of two layers, statistics
-    included, into a temporary store), so the prediction is ``base + layers x per-layer``
-    seconds per checkpoint. A first, warm-up run pays the one-time costs (imports, the
-    first read of the weights); its excess is added once."""
+    included, into a temporary store, without the feature cache), so the prediction is
+    ``base + layers x per-layer`` seconds per checkpoint. A first, warm-up run pays the
+    one-time costs (imports, the first read of the weights); its excess is added once.
+    It costs about three checkpoint tasks: for a large model, predict with ``--gpu``
+    (no calibration) or calibrate on a smaller sibling."""
     import tempfile
+
+    from .run import weight_stream
 
     size = size or sweep_size(plan)
     mid = plan.layers[len(plan.layers) // 2]
     other = plan.layers[0] if plan.layers[0] != mid else plan.layers[-1]
+    rev = plan.checkpoints[0].revision
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="brainalign-plan-") as tmp:
+    # a hub revision is fetched (from weights.mirror, or the hub) and freed, as the sweep would
+    with tempfile.TemporaryDirectory(prefix="brainalign-plan-") as tmp, weight_stream(plan, prefetch=0) as ws:
+        ws.acquire(rev)
         warm = _task_seconds(plan, [mid], tmp + "/w")
         one = _task_seconds(plan, [mid], tmp + "/a")
         two = _task_seconds(plan, sorted({mid, other}), tmp + "/b") if other != mid else one
+        ws.done(rev)
     per_layer = max(two - one, 0.0) if other != mid else 0.0
     base = max(one - per_layer, 0.0)
     return Rates(where="this machine (calibrated)", forward=np.nan, ridge=np.nan, design=np.nan,
