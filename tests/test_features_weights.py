@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from brainalign.errors import DataNotFoundError, ValidationError
 from brainalign.features import extract
@@ -26,12 +25,10 @@ WORDS = "the keeper climbed the stairs at dusk and lit the lamp while the sea ke
 
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """A hub cache folder holding the revisions (torch runs single-threaded: conftest)."""
     root = tmp_path_factory.mktemp("mirror") / "hub"
     tiny_hub_cache(root, REPO, REVS, arch="gpt_neox", n_layers=2, hidden=32)
-    yield root
-    torch.set_num_threads(n)
+    return root
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 import xarray as xr
 
 from brainalign import ValidationError
@@ -41,12 +40,10 @@ def _values(path) -> xr.Dataset:
 
 @pytest.fixture(scope="module")
 def mirror(tmp_path_factory):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """A hub cache folder holding the revisions (torch runs single-threaded: conftest)."""
     root = tmp_path_factory.mktemp("mirror") / "hub"
     tiny_hub_cache(root, REPO, REVS, arch="gpt_neox", n_layers=2, hidden=16)
-    yield root
-    torch.set_num_threads(n)
+    return root
 
 
 @pytest.fixture
