@@ -208,3 +208,27 @@ def test_the_sweep_stores_its_downstream_copy_and_refuses_unmatched_files(tiny_s
     with pytest.raises(ValidationError, match="bad.csv"):
         run(cfg, progress=False)
     assert not (tmp_path / "results.zarr").exists()
+
+
+def test_the_report_shows_downstream_curves_their_phases_and_the_cooccurrence_table(tiny_sweep, tmp_path):
+    """The acceptance of a run config with downstream: curves, phases and co-occurrence in the report."""
+    import re
+
+    from brainalign.sweep.analyze import report
+
+    a = tiny_sweep.analysis
+    out = report(tiny_sweep.root / "results.zarr", tmp_path / "report.html", figures_dir=tmp_path / "figs", movie=False)
+    html = out.read_text()
+    assert "<section id='downstream'>" in html and (tmp_path / "figs" / "downstream.png").stat().st_size > 5000
+    # the downstream task's phases are in its section, as detected (6 checkpoints on the log axis)
+    import html as html_mod
+
+    section = re.search(r"<section id='downstream'>(.*?)</section>", html, re.S).group(1)
+    first = a["state_phases"]["toy"].summary().split("\n")[0]
+    assert "toy" in section and html_mod.escape(first) in section
+    co = a["cooccurrence"]
+    if len(co):  # a brain-alignment transition exists: its row is in the table
+        table = re.search(r"<section id='cooccurrence'>(.*?)</section>", html, re.S).group(1)
+        assert table.count("<tr>") >= len(co) + 1 and str(co.iloc[0]["roi"]) in table
+    else:  # none detected on this tiny sweep: no table, and the report does not pretend one
+        assert "<section id='cooccurrence'>" not in html
