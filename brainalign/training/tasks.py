@@ -17,11 +17,9 @@ parameter norm, and the memorisation index (training minus held-out accuracy).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,7 +27,7 @@ import numpy as np
 
 from .._io import atomic_write_json
 from ..errors import ValidationError
-from .tiny import _CKPT, TinyRun, checkpoint_steps, save_checkpoint, tiny_gpt_neox
+from .tiny import TinyRun, checkpoint_steps, prepare_run_folder, save_checkpoint, tiny_gpt_neox
 
 log = logging.getLogger(__name__)
 
@@ -172,25 +170,6 @@ def _record(model, data: dict, step: int, tokens: float, lr: float) -> dict:
     return rec
 
 
-def _prepare(out: Path, config: dict, overwrite: bool) -> TinyRun | None:
-    """A finished run of the same config to reuse, else an emptied folder (or a refusal)."""
-    log_path = out / "training_log.json"
-    if log_path.is_file():
-        prev = json.loads(log_path.read_text())
-        if prev.get("complete") and prev.get("config") == config and all((out / r["name"]).is_dir() for r in prev["checkpoints"]):
-            return TinyRun(out, {r["name"]: out / r["name"] for r in prev["checkpoints"]}, prev["checkpoints"], config)
-    existing = sorted(p for p in out.iterdir() if _CKPT.match(p.name)) if out.is_dir() else []
-    if existing or log_path.is_file():
-        if not overwrite:
-            raise ValidationError(f"{out} already holds checkpoints of another or an unfinished run; pass overwrite=True "
-                                  "(--overwrite) to replace them, or choose another folder")
-        for p in existing:
-            shutil.rmtree(p)
-        log_path.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return None
-
-
 def train_task(
     task: InductionTask | ModularAdditionTask | str,
     out_dir: str | os.PathLike,
@@ -224,7 +203,7 @@ def train_task(
     config = {"task": {"kind": task.name, **asdict(task)}, "n_layers": n_layers, "hidden": hidden, "heads": heads,
               "intermediate": intermediate, "steps": steps, "batch_size": batch_size, "checkpoints": checkpoints,
               "lr": lr, "weight_decay": weight_decay, "warmup": warmup, "seed": seed}
-    reused = _prepare(out, config, overwrite)
+    reused = prepare_run_folder(out, config, overwrite)
     if reused is not None:
         return reused
     old = torch.get_num_threads()

@@ -223,6 +223,52 @@ def save_checkpoint(model, tokenizer, out: Path, rec: dict, records: list[dict],
     return out / rec["name"]
 
 
+def prepare_run_folder(out: Path, config: dict, overwrite: bool) -> TinyRun | None:
+    """A finished run of the same ``config`` in ``out`` to reuse, else ``out`` emptied of
+    another run's checkpoints (only with ``overwrite``; a refusal naming the folder
+    otherwise) and created."""
+    log_path = out / "training_log.json"
+    if log_path.is_file():
+        prev = json.loads(log_path.read_text())
+        if prev.get("complete") and prev.get("config") == config and all((out / r["name"]).is_dir() for r in prev["checkpoints"]):
+            log.info("reusing the finished run in %s", out)
+            return TinyRun(out, {r["name"]: out / r["name"] for r in prev["checkpoints"]}, prev["checkpoints"], config)
+    existing = sorted(p for p in out.iterdir() if _CKPT.match(p.name)) if out.is_dir() else []
+    if existing or log_path.is_file():
+        if not overwrite:
+            raise ValidationError(
+                f"{out} already holds checkpoints of another or an unfinished run; pass overwrite=True "
+                "(--overwrite) to replace them, or choose another folder"
+            )
+        for p in existing:
+            shutil.rmtree(p)
+        log_path.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _token_streams(docs: Sequence[str], vocab_size: int, heldout: float, seq_len: int):
+    """(tokenizer, eos id, training stream, held-out stream): a BPE trained on ``docs``,
+    their tokens joined by ``<|endoftext|>``, the last ``heldout`` fraction held out."""
+    import torch
+
+    tokenizer = train_bpe_tokenizer(docs, vocab_size)
+    eos = tokenizer.convert_tokens_to_ids(_EOS)
+    ids: list[int] = []
+    for d in docs:
+        ids.extend(tokenizer(d, add_special_tokens=False)["input_ids"])
+        ids.append(eos)
+    stream = torch.tensor(ids, dtype=torch.long)
+    n_held = int(len(stream) * heldout)
+    train_s, held_s = stream[: len(stream) - n_held], stream[len(stream) - n_held :]
+    if len(train_s) < 2 * seq_len + 2 or len(held_s) < seq_len + 2:
+        raise ValidationError(
+            f"corpus too small: {len(stream)} tokens for seq_len={seq_len} (need > {int((2 * seq_len + 2) / (1 - heldout))}, "
+            f"of which {heldout:.0%} held out)"
+        )
+    return tokenizer, eos, train_s, held_s
+
+
 def train_tiny(
     corpus: str | os.PathLike | Sequence[str],
     out_dir: str | os.PathLike,
@@ -287,41 +333,15 @@ def train_tiny(
     }
     corpus_info = describe_corpus(corpus, docs)
     log_path = out / "training_log.json"
-    existing = sorted(p for p in out.iterdir() if _CKPT.match(p.name)) if out.is_dir() else []
-    if log_path.is_file():
-        prev = json.loads(log_path.read_text())
-        if prev.get("complete") and prev.get("config") == config and all((out / r["name"]).is_dir() for r in prev["checkpoints"]):
-            log.info("train_tiny: reusing the finished run in %s", out)
-            return TinyRun(out, {r["name"]: out / r["name"] for r in prev["checkpoints"]}, prev["checkpoints"], config)
-    if existing or log_path.is_file():
-        if not overwrite:
-            raise ValidationError(
-                f"{out} already holds checkpoints of another or an unfinished run; pass overwrite=True "
-                "(--overwrite) to replace them, or choose another folder"
-            )
-        for p in existing:
-            shutil.rmtree(p)
-        log_path.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    reused = prepare_run_folder(out, config, overwrite)
+    if reused is not None:
+        return reused
 
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
     try:
-        tokenizer = train_bpe_tokenizer(docs, vocab_size)
-        eos = tokenizer.convert_tokens_to_ids(_EOS)
-        ids: list[int] = []
-        for d in docs:
-            ids.extend(tokenizer(d, add_special_tokens=False)["input_ids"])
-            ids.append(eos)
-        stream = torch.tensor(ids, dtype=torch.long)
-        n_held = int(len(stream) * heldout)
-        train_s, held_s = stream[: len(stream) - n_held], stream[len(stream) - n_held :]
-        if len(train_s) < 2 * seq_len + 2 or len(held_s) < seq_len + 2:
-            raise ValidationError(
-                f"corpus too small: {len(stream)} tokens for seq_len={seq_len} (need > {int((2 * seq_len + 2) / (1 - heldout))}, "
-                f"of which {heldout:.0%} held out)"
-            )
+        tokenizer, eos, train_s, held_s = _token_streams(docs, vocab_size, heldout, seq_len)
         model = tiny_gpt_neox(len(tokenizer), n_layers, hidden, heads, seq_len, seed=seed, eos_token_id=eos)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
         warm = max(1, int(0.05 * steps))
