@@ -283,6 +283,53 @@ def _top_ceiling(score: np.ndarray, ceiling: np.ndarray, labels: np.ndarray, cod
     return out.reshape(*score.shape[:-1], len(codes))
 
 
+def _aggregated_variable(results, how: str, var: str, alpha: float):
+    """(the target-level variable an ROI aggregate is taken of, the output's name)."""
+    if how == "fraction_significant":
+        if "significant" in results:
+            return results["significant"].astype(np.float64), "fraction_significant"
+        if "pvalue" in results:
+            return (results["pvalue"] < alpha).astype(np.float64).where(results["pvalue"].notnull()), "fraction_significant"
+        raise ValidationError("how='fraction_significant' needs a 'significant' or 'pvalue' variable (fit with stats=True)")
+    if var not in results:
+        raise ValidationError(f"results have no variable {var!r}; they have {', '.join(results.data_vars)}")
+    return results[var], var
+
+
+def _n_targets(labels: np.ndarray, codes: list[int]) -> tuple:
+    """Targets per ROI (per subject, for per-subject labels), as an xarray variable tuple."""
+    size = max(codes, default=0) + 1
+    if labels.ndim == 2:
+        counts = np.stack([np.bincount(row, minlength=size)[codes] for row in labels])
+        return ("subject", "roi"), counts.astype(np.int64)
+    return "roi", np.bincount(labels, minlength=size)[codes].astype(np.int64)
+
+
+def _ceiling_aggregate(ceil, data: np.ndarray, labels: np.ndarray, codes: list[int], how: str, top: float) -> np.ndarray:
+    """The ROI aggregate of the noise ceiling over the same targets as the scores'
+    (for "top10": the ceilings of the best-scoring targets)."""
+    cdata = np.asarray(ceil.values, dtype=np.float64)
+    if how == "top10":
+        cagg = _per_subject(labels, lambda d, c, lab: _top_ceiling(d, c, lab, codes, top),
+                            np.asarray(data, dtype=np.float64), cdata)
+    else:
+        cagg = _per_subject(labels, lambda c, lab: roi_values(c, lab, codes, how), cdata)
+    bad = np.isfinite(cagg) & (cagg <= 0)
+    if bad.any():
+        log.warning("ROI ceiling <= 0 in %d cells; their normalised scores are NaN", int(bad.sum()))
+    return cagg
+
+
+def _add_subject_means(ds) -> None:
+    """``<name>_mean`` and ``<name>_sem`` over subjects of every per-subject variable."""
+    for name in [v for v in list(ds.data_vars) if v not in ("n_targets", "ceiling")]:
+        if "subject" in ds[name].dims:
+            n = ds[name].notnull().sum("subject")
+            ds[f"{name}_mean"] = ds[name].mean("subject", skipna=True)
+            sd = ds[name].std("subject", ddof=1, skipna=True)
+            ds[f"{name}_sem"] = (sd / np.sqrt(n)).where(n > 1)
+
+
 def aggregate(
     results,
     atlas: "str | Atlas" = "whole_cortex",
@@ -365,21 +412,8 @@ def aggregate(
         keep = [atlas.label_of(r) for r in rois]
         codes, names = keep, [atlas.names[c] for c in keep]
 
-    if how == "fraction_significant":
-        if "significant" in results:
-            src = results["significant"].astype(np.float64)
-        elif "pvalue" in results:
-            src = (results["pvalue"] < alpha).astype(np.float64).where(results["pvalue"].notnull())
-        else:
-            raise ValidationError("how='fraction_significant' needs a 'significant' or 'pvalue' variable (fit with stats=True)")
-        out_name = "fraction_significant"
-        agg_how = "fraction_significant"
-    else:
-        if var not in results:
-            raise ValidationError(f"results have no variable {var!r}; they have {', '.join(results.data_vars)}")
-        src = results[var]
-        out_name = var
-        agg_how = how
+    src, out_name = _aggregated_variable(results, how, var, alpha)
+    agg_how = how
     src = src.transpose(..., "subject", "target") if labels.ndim == 2 else src.transpose(..., "target")
     other = [d for d in src.dims if d != "target"]
     data = np.asarray(src.values)
@@ -400,35 +434,15 @@ def aggregate(
     ds = xr.Dataset({out_name: (dims, agg)}, coords=coords)
     if cv_agg is not None:
         ds["cv_score"] = (dims, cv_agg)
-    size = max(codes, default=0) + 1
-    if labels.ndim == 2:
-        counts = np.stack([np.bincount(row, minlength=size)[codes] for row in labels])
-        ds["n_targets"] = (("subject", "roi"), counts.astype(np.int64))
-    else:
-        ds["n_targets"] = ("roi", np.bincount(labels, minlength=size)[codes].astype(np.int64))
-
+    ds["n_targets"] = _n_targets(labels, codes)
     if how != "fraction_significant" and "ceiling" in results and var != "ceiling":
-        ceil = results["ceiling"].broadcast_like(src).transpose(*src.dims)
-        cdata = np.asarray(ceil.values, dtype=np.float64)
-        if how == "top10":
-            cagg = _per_subject(labels, lambda d, c, lab: _top_ceiling(d, c, lab, codes, top),
-                                np.asarray(data, dtype=np.float64), cdata)
-        else:
-            cagg = _per_subject(labels, lambda c, lab: roi_values(c, lab, codes, how), cdata)
-        bad = np.isfinite(cagg) & (cagg <= 0)
-        if bad.any():
-            log.warning("ROI ceiling <= 0 in %d cells; their normalised scores are NaN", int(bad.sum()))
+        cagg = _ceiling_aggregate(results["ceiling"].broadcast_like(src).transpose(*src.dims), data, labels, codes,
+                                  how, top)
         with np.errstate(all="ignore"):
             norm = np.where(cagg > 0, agg / np.where(cagg > 0, cagg, 1.0), np.nan)
         ds[f"{var}_normalised"] = (dims, norm)
         ds["ceiling"] = (dims, cagg)
-
-    for name in [v for v in list(ds.data_vars) if v not in ("n_targets", "ceiling")]:
-        if "subject" in ds[name].dims:
-            n = ds[name].notnull().sum("subject")
-            ds[f"{name}_mean"] = ds[name].mean("subject", skipna=True)
-            sd = ds[name].std("subject", ddof=1, skipna=True)
-            ds[f"{name}_sem"] = (sd / np.sqrt(n)).where(n > 1)
+    _add_subject_means(ds)
 
     if "layer" in ds.dims:
         if "depth" not in ds.coords:
