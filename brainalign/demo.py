@@ -29,8 +29,10 @@ __all__ = ["demo_config", "run_demo", "training_corpus_dir"]
 
 #: simulated data the demo uses (and the sweep reloads, deterministically, by seed)
 #: two held-out stories (~150 TRs): one 74-TR story leaves too few TRs for vertex-wise
-#: significance to survive FDR over 20,484 vertices
-DEMO_DATA = {"n_subjects": 3, "stories": None, "test_story": ["thelighthousekeeper", "thewatchmaker"],
+#: significance to survive FDR over 20,484 vertices; two subjects: the ridge fits and
+#: tests grow with the targets, and 16 checkpoints x 3 subjects took `make demo` past
+#: 6 minutes on 2 cores (7 min 1 s; 2 subjects: benchmarks/README.md)
+DEMO_DATA = {"n_subjects": 2, "stories": None, "test_story": ["thelighthousekeeper", "thewatchmaker"],
              "space": "fsaverage5", "snr": 4.0, "seed": 0}
 QUICK_DATA = {"n_subjects": 2, "stories": 5, "test_story": DEMO_DATA["test_story"], "space": "fsaverage5", "snr": 4.0,
               "seed": 0}
