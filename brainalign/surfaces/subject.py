@@ -426,6 +426,97 @@ def _mesh(path: "str | os.PathLike") -> Mesh:
 # ----------------------------------------------------------------------------- the space
 
 
+def _pycortex_transform(base: Path, subject: str, xfm: str | None, hint: str):
+    """(transform folder, reference image path, its affine, its shape, ``matrices.xfm``,
+    the voxel -> surface-coordinate transform) of a subject's pycortex transform."""
+    import nibabel as nib
+
+    tdir = base / "transforms"
+    if not tdir.is_dir():
+        raise DataNotFoundError(f"{tdir} does not exist: no pycortex transform for {subject}.{_sp(hint)}")
+    if xfm is None:
+        names = sorted(p.name for p in tdir.iterdir() if p.is_dir())
+        xfm = f"{subject}_auto" if f"{subject}_auto" in names else (names[0] if len(names) == 1 else None)
+        if xfm is None:
+            raise ValidationError(f"{tdir}: several transforms ({', '.join(names) or 'none'}); pass xfm=")
+    xdir = tdir / xfm
+    ref = check_data_file(xdir / "reference.nii.gz", what="pycortex reference image", hint=hint)
+    try:
+        ref_img = nib.load(str(ref))
+    except Exception as exc:
+        raise ValidationError(f"{ref}: not a readable NIfTI ({exc})") from exc
+    shape = tuple(int(s) for s in ref_img.shape[:3])
+    affine = np.asarray(ref_img.affine, dtype=np.float64)
+    xfm_file = xdir / "matrices.xfm"
+    coord = read_xfm(check_data_file(xfm_file, what="pycortex transform", hint=hint), affine)
+    return xdir, ref, affine, shape, xfm_file, coord
+
+
+def _pycortex_mask(xdir: Path, ref: Path, shape: tuple, mask: str | None, n_targets: int | None,
+                   targets_file, hint: str) -> tuple[Path, np.ndarray]:
+    """The mask file of the responses' voxels (by size, pycortex's own rule, or by name)."""
+    mask_files = sorted(xdir.glob("mask_*.nii.gz")) if mask is None else [xdir / f"mask_{mask}.nii.gz"]
+    if not mask_files:
+        raise DataNotFoundError(f"{xdir} has no mask_*.nii.gz: the voxels of the responses are unknown.{_sp(hint)}")
+    tried: list[str] = []
+    candidates: list[tuple[Path, np.ndarray]] = []
+    for mf in mask_files:
+        if is_annex_pointer(mf):
+            tried.append(f"{mf.name}: not downloaded (git-annex pointer)")
+            continue
+        m, _ = read_pycortex_mask(check_data_file(mf, what="mask", hint=hint))
+        if m.shape[::-1] != shape:
+            raise ValidationError(f"{mf}: mask shape {m.shape[::-1]} differs from {ref}'s {shape}")
+        tried.append(f"{mf.name}: {int(m.sum())} voxels")
+        if n_targets is None or int(m.sum()) == int(n_targets):
+            candidates.append((mf, m))
+    if not candidates:
+        if tried and all("not downloaded" in t for t in tried):
+            raise NotDownloadedError(f"{xdir}: every mask is a git-annex pointer ({'; '.join(tried)}).{_sp(hint)}")
+        src = f"{targets_file} has {n_targets} voxel columns" if targets_file else f"the responses have {n_targets} columns"
+        raise ValidationError(
+            f"{src}, but no mask of {xdir} has that many voxels ({'; '.join(tried)}): the responses and this "
+            "pycortex transform do not belong together"
+        )
+    if n_targets is None:
+        thick = [c for c in candidates if c[0].name == "mask_thick.nii.gz"]
+        candidates = thick or candidates
+    mask_file, mask_zyx = candidates[0]
+    for other, m in candidates[1:]:
+        if not np.array_equal(m, mask_zyx):
+            log.warning("%s and %s both have %d voxels but differ; using %s (pycortex would take either)",
+                        mask_file, other, int(m.sum()), mask_file.name)
+    return mask_file, mask_zyx
+
+
+def _pycortex_surfaces(sdir: Path) -> dict[str, tuple[str, str]]:
+    """The surface files (both hemispheres) of each kind the pycortex database has."""
+    surfaces: dict[str, tuple[str, str]] = {}
+    for kind in SURFACE_KINDS:
+        pair = []
+        for h, _ in _HEMIS:
+            found = [sdir / f"{kind}_{h}{ext}" for ext in (".gii", ".npz")]
+            found = [f for f in found if f.exists() or f.is_symlink()]
+            pair.append(str(found[0]) if found else None)
+        if all(pair):
+            surfaces[kind] = (pair[0], pair[1])
+    return surfaces
+
+
+def _spheres(subject: str, freesurfer_dir, sphere_hint: str) -> tuple[tuple[str, str] | None, str]:
+    """(the FreeSurfer ``sphere.reg`` pair, or None and why not)."""
+    if freesurfer_dir is None:
+        return None, f"no FreeSurfer subject folder was given for {subject}"
+    fs = Path(freesurfer_dir).expanduser()
+    sph = [fs / "surf" / f"{h}.sphere.reg" for h, _ in _HEMIS]
+    if all(s.exists() or s.is_symlink() for s in sph):
+        return (str(sph[0]), str(sph[1])), ""
+    if not fs.exists():
+        return None, f"{subject} has no FreeSurfer subject folder ({fs} does not exist), so no sphere.reg" + _sp(sphere_hint)
+    missing = [str(s) for s in sph if not (s.exists() or s.is_symlink())]
+    return None, f"{', '.join(missing)} does not exist" + _sp(sphere_hint)
+
+
 @dataclass(frozen=True, eq=False)
 class SubjectSpace(Space):
     """One subject's functional volume with its cortical surfaces (a volume :class:`Space`).
@@ -516,84 +607,11 @@ class SubjectSpace(Space):
         sphere_hint : str
             The same for a FreeSurfer folder that lacks its ``sphere.reg``.
         """
-        import nibabel as nib
-
         base = Path(pycortex_dir).expanduser()
-        tdir = base / "transforms"
-        if not tdir.is_dir():
-            raise DataNotFoundError(f"{tdir} does not exist: no pycortex transform for {subject}.{_sp(hint)}")
-        if xfm is None:
-            names = sorted(p.name for p in tdir.iterdir() if p.is_dir())
-            xfm = f"{subject}_auto" if f"{subject}_auto" in names else (names[0] if len(names) == 1 else None)
-            if xfm is None:
-                raise ValidationError(f"{tdir}: several transforms ({', '.join(names) or 'none'}); pass xfm=")
-        xdir = tdir / xfm
-        ref = check_data_file(xdir / "reference.nii.gz", what="pycortex reference image", hint=hint)
-        try:
-            ref_img = nib.load(str(ref))
-        except Exception as exc:
-            raise ValidationError(f"{ref}: not a readable NIfTI ({exc})") from exc
-        shape = tuple(int(s) for s in ref_img.shape[:3])
-        affine = np.asarray(ref_img.affine, dtype=np.float64)
-        xfm_file = xdir / "matrices.xfm"
-        coord = read_xfm(check_data_file(xfm_file, what="pycortex transform", hint=hint), affine)
-
-        mask_files = sorted(xdir.glob("mask_*.nii.gz")) if mask is None else [xdir / f"mask_{mask}.nii.gz"]
-        if not mask_files:
-            raise DataNotFoundError(f"{xdir} has no mask_*.nii.gz: the voxels of the responses are unknown.{_sp(hint)}")
-        tried: list[str] = []
-        candidates: list[tuple[Path, np.ndarray]] = []
-        for mf in mask_files:
-            if is_annex_pointer(mf):
-                tried.append(f"{mf.name}: not downloaded (git-annex pointer)")
-                continue
-            m, _ = read_pycortex_mask(check_data_file(mf, what="mask", hint=hint))
-            if m.shape[::-1] != shape:
-                raise ValidationError(f"{mf}: mask shape {m.shape[::-1]} differs from {ref}'s {shape}")
-            tried.append(f"{mf.name}: {int(m.sum())} voxels")
-            if n_targets is None or int(m.sum()) == int(n_targets):
-                candidates.append((mf, m))
-        if not candidates:
-            if tried and all("not downloaded" in t for t in tried):
-                raise NotDownloadedError(f"{xdir}: every mask is a git-annex pointer ({'; '.join(tried)}).{_sp(hint)}")
-            src = f"{targets_file} has {n_targets} voxel columns" if targets_file else f"the responses have {n_targets} columns"
-            raise ValidationError(
-                f"{src}, but no mask of {xdir} has that many voxels ({'; '.join(tried)}): the responses and this "
-                "pycortex transform do not belong together"
-            )
-        if n_targets is None:
-            thick = [c for c in candidates if c[0].name == "mask_thick.nii.gz"]
-            candidates = thick or candidates
-        mask_file, mask_zyx = candidates[0]
-        for other, m in candidates[1:]:
-            if not np.array_equal(m, mask_zyx):
-                log.warning("%s and %s both have %d voxels but differ; using %s (pycortex would take either)",
-                            mask_file, other, int(m.sum()), mask_file.name)
-
-        surfaces: dict[str, tuple[str, str]] = {}
-        sdir = base / "surfaces"
-        for kind in SURFACE_KINDS:
-            pair = []
-            for h, _ in _HEMIS:
-                found = [sdir / f"{kind}_{h}{ext}" for ext in (".gii", ".npz")]
-                found = [f for f in found if f.exists() or f.is_symlink()]
-                pair.append(str(found[0]) if found else None)
-            if all(pair):
-                surfaces[kind] = (pair[0], pair[1])
+        xdir, ref, affine, shape, xfm_file, coord = _pycortex_transform(base, subject, xfm, hint)
+        mask_file, mask_zyx = _pycortex_mask(xdir, ref, shape, mask, n_targets, targets_file, hint)
+        spheres, why = _spheres(subject, freesurfer_dir, sphere_hint)
         curv = base / "surface-info" / "curvature.npz"
-        spheres, why = None, ""
-        if freesurfer_dir is None:
-            why = f"no FreeSurfer subject folder was given for {subject}"
-        else:
-            fs = Path(freesurfer_dir).expanduser()
-            sph = [fs / "surf" / f"{h}.sphere.reg" for h, _ in _HEMIS]
-            if all(s.exists() or s.is_symlink() for s in sph):
-                spheres = (str(sph[0]), str(sph[1]))
-            elif not fs.exists():
-                why = f"{subject} has no FreeSurfer subject folder ({fs} does not exist), so no sphere.reg" + _sp(sphere_hint)
-            else:
-                missing = [str(s) for s in sph if not (s.exists() or s.is_symlink())]
-                why = f"{', '.join(missing)} does not exist" + _sp(sphere_hint)
         return cls(
             name=subject,
             kind="volume",
@@ -604,7 +622,7 @@ class SubjectSpace(Space):
             mask_file=str(mask_file),
             xfm_file=str(xfm_file),
             coord=coord,
-            surfaces=surfaces,
+            surfaces=_pycortex_surfaces(base / "surfaces"),
             spheres=spheres,
             curvature_file=str(curv) if (curv.exists() or curv.is_symlink()) else None,
             no_sphere=why,
