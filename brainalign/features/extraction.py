@@ -25,7 +25,7 @@ from .loading import check_device, load_model, resolve_device, resolve_source
 from .revisions import parse_revision
 from .windows import Window, causal_windows, encoder_windows, tokens_processed
 
-__all__ = ["extract", "extract_options", "Features", "extract_story"]
+__all__ = ["extract", "extract_options", "Features", "extract_story", "effective_window"]
 
 log = logging.getLogger(__name__)
 
@@ -440,7 +440,7 @@ def _feature_cache(cache: bool | str | os.PathLike | FeatureCache | None) -> Fea
     return FeatureCache(cache)
 
 
-def _effective_window(cfg, tok, kind: str, model: str, context_tokens: int, stride: int | None) -> tuple[int, int]:
+def effective_window(cfg, tok, kind: str, model: str, context_tokens: int, stride: int | None) -> tuple[int, int]:
     """(window length in story tokens, special tokens per window): ``context_tokens`` capped
     by the model's positions."""
     prefix, suffix = special_tokens(tok)
@@ -491,7 +491,7 @@ class _Run:
         n_layers = int(cfg.num_hidden_layers)
         want = _resolve_layers(layers, n_layers)
         commit = self.src.commit or getattr(cfg, "_commit_hash", None)
-        ctx, n_special = _effective_window(cfg, tok, k, self.src.model, context_tokens, stride)
+        ctx, n_special = effective_window(cfg, tok, k, self.src.model, context_tokens, stride)
         info.update(kind=k, context_tokens=ctx, stride=(stride if stride is not None else ctx // 2) if k == "causal" else None,
                     word_state=word_state, dtype=self.settings["dtype"], device=str(device), commit=commit,
                     n_special=n_special)

@@ -159,12 +159,12 @@ def _tokens_processed(stories, tok, model_cfg, plan, context: int) -> int:
     """Tokens the forward passes of one checkpoint read, with the windows, special
     tokens and position cap that feature extraction uses."""
     from ..features.align import align_words, special_tokens
-    from ..features.extraction import _effective_window
+    from ..features.extraction import effective_window
     from ..features.loading import model_kind
     from ..features.windows import causal_windows, encoder_windows, tokens_processed
 
     kind = model_kind(model_cfg)
-    ctx, _ = _effective_window(model_cfg, tok, kind, plan.config.model.name, context, None)
+    ctx, _ = effective_window(model_cfg, tok, kind, plan.config.model.name, context, None)
     prefix, suffix = special_tokens(tok)
     n_special = len(prefix) + (0 if kind == "causal" else len(suffix))
     total = 0
