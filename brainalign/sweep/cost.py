@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -124,11 +125,6 @@ class Rates:
     notes: list[str] = field(default_factory=list)
 
 
-def _first_model(plan):
-    c = plan.checkpoints[0]
-    return c.model, c.revision
-
-
 def _model_facts(plan) -> tuple[int, float, int, float, Any, Any]:
     """Hidden size, parameters, layers and weight bytes of the plan's model, its tokenizer and config."""
     from transformers import AutoConfig, AutoTokenizer
@@ -136,7 +132,7 @@ def _model_facts(plan) -> tuple[int, float, int, float, Any, Any]:
     from ..features.loading import resolve_source, tokenizer_folder
     from .run import _source_cache
 
-    model, revision = _first_model(plan)
+    model, revision = plan.checkpoints[0].model, plan.checkpoints[0].revision
     cache = _source_cache(plan.config) if revision is not None else None  # weights.mirror: read from there
     src = resolve_source(model, revision, cache)
     cfg = AutoConfig.from_pretrained(src.load_from, revision=src.load_revision, cache_dir=cache,
@@ -147,10 +143,8 @@ def _model_facts(plan) -> tuple[int, float, int, float, Any, Any]:
     vocab = int(getattr(cfg, "vocab_size", 0))
     inter = int(getattr(cfg, "intermediate_size", 4 * hidden) or 4 * hidden)
     params = n_layers * (4 * hidden * hidden + 2 * hidden * inter) + 2 * vocab * hidden
-    from pathlib import Path
-
-    folder = Path(src.load_from)
-    files = list(folder.glob("*.safetensors")) or list(folder.glob("*.bin")) if folder.is_dir() else []
+    folder = Path(src.load_from)  # a local checkpoint folder, else a hub id (no files here)
+    files = (list(folder.glob("*.safetensors")) or list(folder.glob("*.bin"))) if folder.is_dir() else []
     weight_bytes = float(sum(f.stat().st_size for f in files)) if files else params * 2.0
     return hidden, float(params), n_layers, weight_bytes, tok, cfg
 
@@ -206,7 +200,6 @@ def _task_seconds(plan, layers: list[int], folder) -> float:
     """Wall time of :func:`~brainalign.sweep.run_checkpoint` on the plan's first
     checkpoint with only ``layers``, into a throwaway store, without the feature cache."""
     import dataclasses
-    from pathlib import Path
 
     from .run import _create_store, run_checkpoint
     from .store import ResultsStore
