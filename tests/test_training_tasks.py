@@ -20,7 +20,7 @@ def _curve(log, key):
 def induction_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("induction") / "run"
     return train_task(InductionTask(vocab=32, seq_len=48), out, n_layers=2, hidden=32, heads=2, intermediate=4,
-                      steps=1000, batch_size=32, checkpoints=16, lr=3e-3, weight_decay=0.0)
+                      steps=1000, batch_size=32, checkpoints=24, lr=3e-3, weight_decay=0.0)
 
 
 def test_induction_heads_form_and_their_transitions_coincide(induction_run):
@@ -36,7 +36,8 @@ def test_induction_heads_form_and_their_transitions_coincide(induction_run):
     states = model_states(dict(induction_run.checkpoints), tokens=induction_run.tokens)
     ind = states["induction_max"]
     ind = ind.max("layer") if "layer" in ind.dims else ind
-    assert float(ind[-1]) > 0.5 > float(ind[0]) + 0.3
+    # chance is about 1/32 (attention spread over the context); formed, the heads look back to the repeat
+    assert float(ind[-1]) > 0.25 > 5 * float(ind[0])
     heads = detect_phases(ind, x="tokens")
     rises = [[t for t in p.transitions if t.change > 0 and t.p < 0.05] for p in (acc, heads)]
     assert rises[0] and rises[1], (acc.summary(), heads.summary())
@@ -53,6 +54,7 @@ def test_modular_addition_is_memorised_before_it_generalises(tmp_path):
     assert max(r["memorisation"] for r in log) > 0.5  # ... long before the held-out ones
     assert all(r["tokens"] == r["step"] * int(round(0.4 * 23 * 23)) * 4 for r in log)
     stored = json.loads((run.out_dir / "training_log.json").read_text())
+    assert stored["config"]["loss"] == "the answer"
     assert stored["complete"] and stored["config"]["task"] == {"kind": "modular", "p": 23, "train_fraction": 0.4,
                                                                 "name": "modular"}
 
@@ -65,7 +67,7 @@ def test_checkpoints_load_and_runs_are_reused(induction_run, tmp_path):
     assert tok("t3 t17 t3")["input_ids"] == [3, 17, 3]
     assert AutoModelForCausalLM.from_pretrained(last).config.num_hidden_layers == 2
     again = train_task(InductionTask(vocab=32, seq_len=48), induction_run.out_dir, n_layers=2, hidden=32, heads=2,
-                       intermediate=4, steps=1000, batch_size=32, checkpoints=16, lr=3e-3, weight_decay=0.0)
+                       intermediate=4, steps=1000, batch_size=32, checkpoints=24, lr=3e-3, weight_decay=0.0)
     assert again.log == induction_run.log  # the finished run is reused, not retrained
     with pytest.raises(ValidationError, match="another or an unfinished run"):
         train_task(InductionTask(vocab=16, seq_len=48), induction_run.out_dir, steps=5)

@@ -22,6 +22,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -51,11 +52,12 @@ def word_level_tokenizer(tokens: list[str]):
 
 @dataclass(frozen=True)
 class InductionTask:
-    """Sequences of ``seq_len`` random tokens (of ``vocab``) in which a segment of
-    ``min_repeat``..``max_repeat`` tokens at a random place is repeated at a later random
-    place. Training draws from ``n_train`` fixed sequences (memorisable; None: fresh
+    """Sequences of ``seq_len`` tokens (of ``vocab``): a random prefix (up to a quarter
+    of the sequence), then a random segment of ``min_repeat``..``max_repeat`` tokens
+    repeated until the sequence ends. Training draws from ``n_train`` fixed sequences (memorisable; None: fresh
     sequences every step); held-out sequences are always fresh. Accuracy is scored on
-    the repeated segment's second occurrence, after its first token."""
+    the repeats, after their first token (predictable only by looking back to the
+    token's previous occurrence: the period varies, so no fixed-offset head can pass)."""
 
     vocab: int = 32
     seq_len: int = 48
@@ -64,6 +66,8 @@ class InductionTask:
     n_train: int | None = None
     n_eval: int = 256
     name: str = "induction"
+    #: what the training loss predicts (see :meth:`loss_mask`)
+    loss: ClassVar[str] = "every next token"
 
     def tokens(self) -> list[str]:
         return [f"t{i}" for i in range(self.vocab)]
@@ -76,10 +80,10 @@ class InductionTask:
         scored = np.zeros((n, self.seq_len), bool)
         for i in range(n):
             m = int(rng.integers(self.min_repeat, self.max_repeat + 1))
-            a = int(rng.integers(0, self.seq_len - 2 * m + 1))
-            b = int(rng.integers(a + m, self.seq_len - m + 1))
-            x[i, b : b + m] = x[i, a : a + m]
-            scored[i, b + 1 : b + m] = True  # predictable from the first occurrence
+            a = int(rng.integers(0, self.seq_len // 4 + 1))  # a random-token prefix, then the segment over and over
+            reps = np.resize(x[i, a : a + m], self.seq_len - a - m)
+            x[i, a + m :] = reps
+            scored[i, a + m + 1 :] = True  # predictable from an earlier occurrence
         return x, scored
 
     def data(self, seed: int) -> dict:
@@ -87,6 +91,13 @@ class InductionTask:
         train = self._sample(rng, self.n_train) if self.n_train else None
         return {"train": train, "heldout": self._sample(rng, self.n_eval),
                 "train_eval": train if train is not None else self._sample(rng, self.n_eval), "rng": rng}
+
+    def loss_mask(self, x: np.ndarray) -> np.ndarray:
+        """Which tokens the training loss predicts: all (the language-model objective;
+        the random tokens cost a constant, the repeated ones are learnable)."""
+        m = np.ones(np.shape(x), bool)
+        m[..., 0] = False
+        return m
 
     def batch(self, data: dict, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         rng = data["rng"]
@@ -104,6 +115,8 @@ class ModularAdditionTask:
     p: int = 53
     train_fraction: float = 0.4
     name: str = "modular"
+    #: what the training loss predicts (see :meth:`loss_mask`)
+    loss: ClassVar[str] = "the answer"
 
     def tokens(self) -> list[str]:
         return [f"n{i}" for i in range(self.p)] + ["="]
@@ -124,6 +137,12 @@ class ModularAdditionTask:
         tr, he = order[:n], order[n:]
         return {"train": (x[tr], scored[tr]), "heldout": (x[he], scored[he]), "train_eval": (x[tr], scored[tr])}
 
+    def loss_mask(self, x: np.ndarray) -> np.ndarray:
+        """Which tokens the training loss predicts: the answer only."""
+        m = np.zeros(np.shape(x), bool)
+        m[..., 3] = True
+        return m
+
     def batch(self, data: dict, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         return data["train"]  # full batch
 
@@ -131,12 +150,12 @@ class ModularAdditionTask:
 TASKS = {"induction": InductionTask, "modular": ModularAdditionTask}
 
 
-def _labels(x, scored):
-    """Next-token labels scored only where ``scored`` (transformers shift them inside)."""
+def _labels(x, mask):
+    """Next-token labels, trained only where ``mask`` (transformers shift them inside)."""
     import torch
 
     labels = torch.as_tensor(x).clone()
-    labels[~torch.as_tensor(scored)] = -100
+    labels[~torch.as_tensor(mask)] = -100
     return labels
 
 
@@ -200,7 +219,7 @@ def train_task(
             raise ValidationError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
         task = TASKS[task]()
     out = Path(out_dir)
-    config = {"task": {"kind": task.name, **asdict(task)}, "n_layers": n_layers, "hidden": hidden, "heads": heads,
+    config = {"task": {"kind": task.name, **asdict(task)}, "loss": task.loss, "n_layers": n_layers, "hidden": hidden, "heads": heads,
               "intermediate": intermediate, "steps": steps, "batch_size": batch_size, "checkpoints": checkpoints,
               "lr": lr, "weight_decay": weight_decay, "warmup": warmup, "seed": seed}
     reused = prepare_run_folder(out, config, overwrite)
@@ -230,8 +249,8 @@ def train_task(
         per_step = int(x0.shape[0] * x0.shape[1])
         save(0)
         for step in tqdm(range(1, steps + 1), desc=f"train {task.name}", unit="step", leave=False):
-            x, scored = task.batch(data, batch_size)
-            loss = model(torch.as_tensor(x), labels=_labels(x, scored)).loss
+            x, _ = task.batch(data, batch_size)
+            loss = model(torch.as_tensor(x), labels=_labels(x, task.loss_mask(x))).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
