@@ -89,3 +89,38 @@ def test_cli_trains_a_task_and_refuses_a_corpus_for_it(tmp_path, capsys):
     assert "takes no corpus" in capsys.readouterr().err
     assert main(["train-tiny", "-o", str(tmp_path / "y")]) == 2
     assert "a corpus" in capsys.readouterr().err
+
+
+def test_llc_changes_when_induction_heads_form(induction_run):
+    """The LLC (devinterp SGLD) of each checkpoint: its main transition lies within 0.2
+    decade of the induction-head score's; the same seed gives the same estimate."""
+    pytest.importorskip("devinterp", reason="the devinterp extra is not installed")
+    from brainalign.dynamics.internal import model_states
+    from brainalign.dynamics.llc import LLCSettings, estimate_llc, llc_curve
+    from brainalign.dynamics.phases import detect_phases
+    from transformers import AutoModelForCausalLM
+
+    task = InductionTask(vocab=32, seq_len=48)
+    x, _ = task._sample(np.random.default_rng(7), 256)
+    s = LLCSettings(draws=60)
+    ck = dict(induction_run.checkpoints)
+    curve = llc_curve(ck, x, s, tokens=induction_run.tokens)
+    assert curve["loss_trace"].shape == (len(ck), 2, 60) and curve.attrs["settings"]["lr"] == s.lr
+    llc = curve["llc"]
+    assert float(llc[-1]) > 3 * float(llc[0]) > 0  # more effective parameters once the circuit is there
+    states = model_states(ck, tokens=induction_run.tokens)
+    ind = states["induction_max"].max("layer")
+    rises = []
+    for c in (ind, llc):
+        ph = detect_phases(c, x="tokens")
+        ups = [t for t in ph.transitions if t.change > 0 and t.p < 0.05]
+        assert ups, ph.summary()
+        rises.append(max(ups, key=lambda t: t.change).log_at)
+    assert abs(rises[0] - rises[1]) < 0.2, rises
+    last = AutoModelForCausalLM.from_pretrained(ck[induction_run.log[-1]["name"]])
+    a, b = (estimate_llc(last, x, LLCSettings(draws=20, seed=3)) for _ in range(2))
+    assert float(a["llc"]) == float(b["llc"]) and np.array_equal(a["loss_trace"], b["loss_trace"])
+    c = estimate_llc(last, x, LLCSettings(draws=20, seed=4))
+    assert float(c["llc"]) != float(a["llc"])
+    with pytest.raises(ValidationError, match="draws"):
+        LLCSettings(draws=2)
