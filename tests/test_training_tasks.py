@@ -124,3 +124,15 @@ def test_llc_changes_when_induction_heads_form(induction_run):
     assert float(c["llc"]) != float(a["llc"])
     with pytest.raises(ValidationError, match="draws"):
         LLCSettings(draws=2)
+
+
+def test_llc_without_the_extra_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from brainalign.dynamics.llc import require_devinterp
+
+    monkeypatch.setitem(sys.modules, "devinterp", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "devinterp.slt", None)
+    monkeypatch.setitem(sys.modules, "devinterp.slt.llc", None)
+    with pytest.raises(ImportError, match=r"pip install 'brainalign\[devinterp\]'"):
+        require_devinterp()
