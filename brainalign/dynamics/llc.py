@@ -89,7 +89,11 @@ def _masked_loss(mask: np.ndarray):
     mean is the training loss."""
     import torch
 
-    m = torch.as_tensor(np.asarray(mask)[1:], dtype=torch.float32)
+    mask = np.asarray(mask, bool)
+    if mask.ndim != 1 or not mask[1:].any():
+        raise ValidationError(f"estimate_llc(): loss_positions must be a boolean vector over a row's tokens with at least "
+                              f"one after the first; got shape {mask.shape}")
+    m = torch.as_tensor(mask[1:], dtype=torch.float32)
 
     def loss_fn(model, input_ids):
         from devinterp.slt.lm_loss import compute_per_token_loss
@@ -123,9 +127,12 @@ def estimate_llc(model, sequences: np.ndarray, settings: LLCSettings | None = No
             kwargs["param_masks"] = create_param_masks(model, s.restrict)
         except (ValueError, KeyError) as exc:
             raise ValidationError(f"LLCSettings.restrict={s.restrict!r}: {exc}") from None
-    if loss_positions is not None:
-        kwargs["loss_fn"] = _masked_loss(loss_positions)
     ds = _dataset(sequences)
+    if loss_positions is not None:
+        if np.shape(loss_positions) != (np.shape(sequences)[1],):
+            raise ValidationError(f"estimate_llc(): loss_positions has shape {np.shape(loss_positions)}; expected "
+                                  f"({np.shape(sequences)[1]},), one flag per token of a row")
+        kwargs["loss_fn"] = _masked_loss(loss_positions)
     if len(ds) < s.batch_size:
         raise ValidationError(f"estimate_llc(): {len(ds)} sequences, fewer than batch_size={s.batch_size}")
     model.eval()  # no dropout; SGLD computes gradients itself

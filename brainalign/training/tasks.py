@@ -1,9 +1,10 @@
 """Synthetic tasks whose training phases are known, for tiny models (issue 20).
 
-- :class:`InductionTask`: random token sequences in which a segment of *varied* length
-  is repeated later; after its first occurrence, the rest of a repeated segment can be
-  predicted only by looking back to where its current token appeared before (an
-  induction head). Varied lengths and positions mean no fixed-offset head can pass.
+- :class:`InductionTask`: a random-token prefix, then a random segment of *varied*
+  length repeated to the end of the sequence; after its first occurrence, each token
+  can be predicted only by looking back to where the current token appeared before (an
+  induction head). Varied periods and prefixes mean no fixed-offset head can pass.
+  Trained on every next token (the language-model objective).
 - :class:`ModularAdditionTask`: ``a + b = c (mod p)`` on a fixed fraction of the
   pairs; trained with strong weight decay, the training accuracy saturates long before
   the held-out accuracy rises (grokking).
