@@ -101,7 +101,7 @@ def test_llc_changes_when_induction_heads_form(induction_run):
     from transformers import AutoModelForCausalLM
 
     task = InductionTask(vocab=32, seq_len=48)
-    x, _ = task._sample(np.random.default_rng(7), 256)
+    x = task.data(seed=7)["heldout"][0]  # 256 fresh sequences
     s = LLCSettings(draws=60)
     ck = dict(induction_run.checkpoints)
     curve = llc_curve(ck, x, s, tokens=induction_run.tokens)

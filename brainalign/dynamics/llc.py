@@ -19,7 +19,6 @@ negative estimates (the checkpoint is not near a minimum of the loss), with a wa
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -27,8 +26,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import ValidationError
-
-log = logging.getLogger(__name__)
 
 __all__ = ["LLCSettings", "SETTLE_TOL", "require_devinterp", "estimate_llc", "llc_curve"]
 
@@ -89,11 +86,7 @@ def _masked_loss(mask: np.ndarray):
     mean is the training loss."""
     import torch
 
-    mask = np.asarray(mask, bool)
-    if mask.ndim != 1 or not mask[1:].any():
-        raise ValidationError(f"estimate_llc(): loss_positions must be a boolean vector over a row's tokens with at least "
-                              f"one after the first; got shape {mask.shape}")
-    m = torch.as_tensor(mask[1:], dtype=torch.float32)
+    m = torch.as_tensor(np.asarray(mask, bool)[1:], dtype=torch.float32)
 
     def loss_fn(model, input_ids):
         from devinterp.slt.lm_loss import compute_per_token_loss
@@ -129,9 +122,10 @@ def estimate_llc(model, sequences: np.ndarray, settings: LLCSettings | None = No
             raise ValidationError(f"LLCSettings.restrict={s.restrict!r}: {exc}") from None
     ds = _dataset(sequences)
     if loss_positions is not None:
-        if np.shape(loss_positions) != (np.shape(sequences)[1],):
-            raise ValidationError(f"estimate_llc(): loss_positions has shape {np.shape(loss_positions)}; expected "
-                                  f"({np.shape(sequences)[1]},), one flag per token of a row")
+        if np.shape(loss_positions) != (np.shape(sequences)[1],) or not np.asarray(loss_positions, bool)[1:].any():
+            raise ValidationError(f"estimate_llc(): loss_positions must be one flag per token of a row, shape "
+                                  f"({np.shape(sequences)[1]},), at least one after the first; got shape "
+                                  f"{np.shape(loss_positions)}")
         kwargs["loss_fn"] = _masked_loss(loss_positions)
     if len(ds) < s.batch_size:
         raise ValidationError(f"estimate_llc(): {len(ds)} sequences, fewer than batch_size={s.batch_size}")
