@@ -19,8 +19,10 @@ negative estimates (the checkpoint is not near a minimum of the loss), with a wa
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -70,6 +72,22 @@ def require_devinterp():
     return llc
 
 
+@contextlib.contextmanager
+def _chain_bars(show: bool) -> Iterator[None]:
+    """devinterp draws one progress bar per chain and has no switch for it: hidden unless ``show``."""
+    if show:
+        yield
+        return
+    from devinterp.slt import sampler
+
+    bar = sampler.trange
+    sampler.trange = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        sampler.trange = bar
+
+
 def _dataset(sequences: np.ndarray):
     from datasets import Dataset
 
@@ -98,11 +116,13 @@ def _masked_loss(mask: np.ndarray):
     return loss_fn
 
 
-def estimate_llc(model, sequences: np.ndarray, settings: LLCSettings | None = None, loss_positions=None):
+def estimate_llc(model, sequences: np.ndarray, settings: LLCSettings | None = None, loss_positions=None,
+                 progress: bool = False):
     """The LLC of ``model`` (a causal LM) on ``sequences`` (rows of token ids).
 
     ``loss_positions``: a boolean vector over a row's tokens, the ones the training loss
-    predicts (None: every next token). Returns an xarray Dataset: ``llc`` and
+    predicts (None: every next token). ``progress``: devinterp's progress bar per chain.
+    Returns an xarray Dataset: ``llc`` and
     ``llc_std`` (over chains), ``llc_chain`` (chain), ``loss_trace`` (chain x draw),
     ``init_loss``, ``settled`` (chain) and the settings as attributes. The same seed
     gives the same estimate.
@@ -130,7 +150,7 @@ def estimate_llc(model, sequences: np.ndarray, settings: LLCSettings | None = No
     if len(ds) < s.batch_size:
         raise ValidationError(f"estimate_llc(): {len(ds)} sequences, fewer than batch_size={s.batch_size}")
     model.eval()  # no dropout; SGLD computes gradients itself
-    with warnings.catch_warnings(), torch.random.fork_rng():
+    with warnings.catch_warnings(), torch.random.fork_rng(), _chain_bars(progress):
         warnings.simplefilter("ignore")  # devinterp warns about its temporary output folder
         out = llc(model, ds, {}, lr=s.lr, n_beta=s.n_beta, localization=s.localization, num_chains=s.chains,
                   num_draws=s.draws, batch_size=s.batch_size, init_seed=s.seed, device="cpu",
@@ -155,10 +175,11 @@ def llc_curve(checkpoints: Mapping[str, str], sequences: np.ndarray, settings: L
     ``checkpoint`` (with a ``tokens`` coordinate when given). Warns naming the
     checkpoints whose chains did not settle or whose estimate is negative."""
     import xarray as xr
+    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
 
     parts = []
-    for label, folder in checkpoints.items():
+    for label, folder in tqdm(checkpoints.items(), desc="LLC", unit="ckpt", leave=False):
         model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
         parts.append(estimate_llc(model, sequences, settings, loss_positions).expand_dims(checkpoint=[label]))
     out = xr.concat(parts, dim="checkpoint")

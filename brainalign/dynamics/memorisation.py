@@ -62,7 +62,9 @@ def read_training_log(path: str | os.PathLike) -> dict:
 
 def memorisation_curves(folders: Mapping[str, str | os.PathLike], tokens: Mapping[str, float] | None = None):
     """``train_loss``, ``heldout_loss`` and ``memorisation_gap`` (held-out minus training
-    loss) over checkpoints, from the training logs of the checkpoint folders.
+    loss) over checkpoints, from the training logs of the checkpoint folders; for task
+    runs (``train-tiny --task``) also ``train_acc``, ``heldout_acc`` and ``memorisation``
+    (training minus held-out accuracy); ``weight_norm`` (the log's ``param_norm``).
 
     ``folders``: checkpoint label -> its folder. A checkpoint is found in its log by its
     folder name. Returns an xarray Dataset over ``checkpoint`` (NaN where a checkpoint
@@ -94,10 +96,12 @@ def memorisation_curves(folders: Mapping[str, str | os.PathLike], tokens: Mappin
     tok = col("tokens")
     if tokens is not None:
         tok = np.array([float(tokens.get(la, t)) for la, t in zip(labels, tok)])
-    ds = xr.Dataset(
-        {"train_loss": ("checkpoint", train), "heldout_loss": ("checkpoint", held), "memorisation_gap": ("checkpoint", gap)},
-        coords={"checkpoint": labels, "step": ("checkpoint", col("step")), "tokens": ("checkpoint", tok)},
-    )
+    data = {"train_loss": ("checkpoint", train), "heldout_loss": ("checkpoint", held), "memorisation_gap": ("checkpoint", gap)}
+    for var, key in (("train_acc", "train_acc"), ("heldout_acc", "heldout_acc"), ("memorisation", "memorisation"),
+                     ("weight_norm", "param_norm")):
+        if any(r.get(key) is not None for r in rows):  # accuracies: task runs only
+            data[var] = ("checkpoint", col(key))
+    ds = xr.Dataset(data, coords={"checkpoint": labels, "step": ("checkpoint", col("step")), "tokens": ("checkpoint", tok)})
     ds.attrs["log"] = ", ".join(map(str, logs))
     return ds
 

@@ -10,6 +10,7 @@ from .curves import (
     plot_curves_grid,
     plot_layer_heatmap,
     plot_layer_heatmaps,
+    plot_llc_traces,
     plot_subject_curves,
 )
 from .flat import FlatmapFigure, flat_coordinates, flatmap, flatmap_movie, save_figure, subject_flatmap, surface_views
@@ -29,6 +30,7 @@ __all__ = [
     "plot_layer_heatmap",
     "plot_layer_heatmaps",
     "plot_aligned_curves",
+    "plot_llc_traces",
     "OKABE_ITO",
     "PAPER_RC",
     "palette",

@@ -23,7 +23,7 @@ from .flat import save_figure
 from .style import line_styles, palette, paper_style
 
 __all__ = ["plot_curves", "plot_curves_grid", "plot_subject_curves", "plot_layer_heatmap", "plot_layer_heatmaps",
-           "plot_aligned_curves", "phase_spans"]
+           "plot_aligned_curves", "phase_spans", "plot_llc_traces"]
 
 log = logging.getLogger(__name__)
 
@@ -904,3 +904,57 @@ def _mark_transitions(ax, times: Sequence[tuple[float, float, float]], tax: "_Tr
                     solid_capstyle="butt", clip_on=False, gid="panel-transition-interval")
         ax.plot([tax(at)], [0.97], transform=trans, marker="v", ms=5, color=colour, ls="none", clip_on=False,
                 zorder=5, gid="panel-transition")
+
+
+def plot_llc_traces(trace: Any, init_loss: Any = None, settled: Any = None, *, ax=None, figsize=(6.0, 3.2),
+                    out: "str | os.PathLike | None" = None, title: str | None = None):
+    """The LLC's chain diagnostics: each chain's SGLD loss over its draws, minus the
+    checkpoint's loss, one colour per checkpoint (training order, light to dark); chains
+    that did not settle are dashed.
+
+    Parameters
+    ----------
+    trace : DataArray (checkpoint, chain, draw)
+        Loss traces (a results store's ``llc_trace``, or ``loss_trace`` of
+        :func:`brainalign.dynamics.llc.llc_curve`).
+    init_loss : DataArray (checkpoint), optional
+        The loss at each checkpoint (``llc_init_loss`` / ``init_loss``); None: the first draw.
+    settled : DataArray (checkpoint, chain) of bool, optional
+        ``llc_settled`` / ``settled``.
+    """
+    import matplotlib as mpl
+
+    tr, _ = as_dataarray(trace, "llc_trace", what="plot_llc_traces(trace)")
+    if set(tr.dims) != {"checkpoint", "chain", "draw"}:
+        raise ValidationError(f"plot_llc_traces(): trace must have dims (checkpoint, chain, draw), has {tr.dims}")
+    tr = tr.transpose("checkpoint", "chain", "draw")
+    vals = np.asarray(tr.values, float)
+    base = vals[:, :, :1] if init_loss is None else np.asarray(init_loss, float).reshape(-1, 1, 1)
+    ok = np.ones(vals.shape[:2], bool) if settled is None else np.asarray(settled, bool).reshape(vals.shape[:2])
+    labels = [str(c) for c in tr["checkpoint"].values]
+    with paper_style():
+        fig, ax = _new_axes(ax, figsize)
+        cmap = mpl.colormaps["viridis"]
+        n, draws = len(labels), vals.shape[2]
+        w = max(1, draws // 10)  # each draw is one minibatch: the running mean shows the level
+        xs = np.arange(1, draws + 1)
+        for i, label in enumerate(labels):
+            colour = cmap(0.9 - 0.8 * i / max(n - 1, 1))
+            for c in range(vals.shape[1]):
+                ys = vals[i, c] - base[i, 0 if base.shape[1] == 1 else c]
+                if not np.isfinite(ys).any():
+                    continue
+                ax.plot(xs, ys, color=colour, lw=0.5, alpha=0.25)
+                smooth = np.convolve(ys, np.ones(w) / w, mode="valid")
+                ax.plot(xs[w - 1:], smooth, color=colour, lw=1.1, ls="-" if ok[i, c] else "--",
+                        label=label if c == 0 and (i in (0, n - 1) or n <= 6) else None)
+        ax.axhline(0, color="0.6", lw=0.6)
+        ax.set_xlabel("SGLD draw")
+        ax.set_ylabel("loss − checkpoint loss" + (f"\n(running mean of {w} draws)" if w > 1 else ""))
+        if title:
+            ax.set_title(title)
+        if n:
+            ax.legend(fontsize="small", frameon=False, title="checkpoint", title_fontsize="small")
+    if out is not None:
+        save_figure(fig, out)
+    return fig

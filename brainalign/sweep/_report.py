@@ -117,7 +117,8 @@ def report(path: str | Path, out: str | Path = "report.html", figures_dir: str |
         figdir.mkdir(parents=True, exist_ok=True)
     ctx = _context(path, out, figdir, a, movie)
     makers = (_findings_section, _summary_section, _curves_section, _normalised_section, _subjects_section,
-              _heatmap_section, _maps_section, _internal_section, _downstream_section, _cooccurrence_section,
+              _heatmap_section, _maps_section, _internal_section, _llc_section, _downstream_section,
+              _cooccurrence_section,
               _config_section, _provenance_section)
     sections = [s for s in (m(ctx) for m in makers) if s is not None]
     return write_report(out, _title(ctx.res), sections, subtitle=f"results store {path}", lead=_lead_line(ctx))
@@ -636,19 +637,54 @@ def _internal_section(ctx: _Ctx) -> Section | None:
     cur = _state_curves(ctx)
     if len(cur) < 2:
         return None
+    stored = list((ctx.res.attrs.get("internal_states") or {}).get("computed") or [])
     models = ctx.a.get("internal") is not None
-    title = "Internal states" if models else "Training curves"
-    fig = _aligned_figure(ctx, cur, "Brain alignment next to the model's internal states" if models
+    title = "Internal states" if models or stored else "Training curves"
+    fig = _aligned_figure(ctx, cur, "Brain alignment next to the model's internal states" if models or stored
                           else "Brain alignment next to the training curves")
     note = ("CKA/dimensionality averaged over layers, head scores max over heads and layers." if models else
             "Internal states of the models were not computed for this report (internal=False, or the model needs "
             "remote code that was not granted).")
+    if stored:
+        note += f" Stored by the sweep (internal_states): {', '.join(stored)}."
     sec = Section(title, id="internal", figures=[(ctx.save(fig, "internal_states.png"),
                   "Same training axis; the brain-alignment transitions of "
                   f"{', '.join(ctx.leads)} with their intervals drawn across every panel. " + note)])
     sp = ctx.a.get("state_phases") or {}
     sec.lists = [p.summary().split("\n") for k, p in sp.items() if k in cur]
     return sec
+
+
+def _llc_section(ctx: _Ctx) -> Section | None:
+    """The LLC's chain diagnostics (stored with ``internal_states: [llc]``): loss traces,
+    settings, and the checkpoints whose chains did not settle."""
+    from ..plotting import plot_llc_traces
+
+    done = ctx.done
+    if "llc_trace" not in done or not np.isfinite(done["llc_trace"].values).any():
+        return None
+    info = (ctx.res.attrs.get("internal_states") or {}).get("llc") or {}
+    fig = plot_llc_traces(done["llc_trace"], done["llc_init_loss"], done["llc_settled"])
+    settled = done["llc_settled"].values.astype(bool)
+    n_chain = int(done.sizes.get("chain", settled.shape[-1]))
+    bad = [str(c) for c, ok in zip(done.checkpoint.values, settled.all(axis=1)) if not ok]
+    neg = [str(c) for c, v in zip(done.checkpoint.values, done["llc"].values) if np.isfinite(v) and v < 0]
+    text = []
+    if info:
+        st = info.get("settings", {})
+        text.append(f"Measured on {info.get('data', 'the stories')}: {n_chain} SGLD chains of {st.get('draws')} draws, "
+                    f"lr {st.get('lr')}, n·β {st.get('n_beta')}, localization {st.get('localization')}, seed "
+                    f"{st.get('seed')}. A chain has settled when the mean loss of its last quarter differs from the "
+                    f"quarter before by at most {info.get('settle_tol')} of its rise.")
+    text.append(f"Chains did not settle at {len(bad)} of {len(done.checkpoint)} checkpoints ({', '.join(bad)}): their "
+                "LLC is uncertain; use more draws, a smaller lr or a stronger localization." if bad else
+                "Every chain settled.")
+    if neg:
+        text.append(f"Negative LLC at {', '.join(neg)}: those checkpoints are not near a minimum of the loss "
+                    "(or the chains are too hot).")
+    return Section("Learning coefficient: chain diagnostics", id="llc", text=text, figures=[(
+        ctx.save(fig, "llc_traces.png"), "Each SGLD chain's loss minus the checkpoint's loss over its draws; dashed: "
+        "a chain that did not settle.", 0.6)])
 
 
 def _downstream_section(ctx: _Ctx) -> Section | None:

@@ -700,6 +700,11 @@ STATE_CURVES = {
     "train_loss": ("training loss", None),
     "heldout_loss": ("held-out loss", None),
     "memorisation_gap": ("memorisation gap", None),
+    "train_acc": ("training accuracy", None),
+    "heldout_acc": ("held-out accuracy", None),
+    "memorisation": ("memorisation index", None),
+    "weight_norm": ("weight norm", None),
+    "llc": ("local learning coefficient", None),
 }
 #: the summary curve of the store's ``lm_loss``
 LM_LOSS_CURVE = "LM loss on the stories"
@@ -709,17 +714,27 @@ def state_curves(states: xr.Dataset | None, res: xr.Dataset) -> dict[str, xr.Dat
     """The summarised internal-state curves: name (:data:`STATE_CURVES`) -> 1-D DataArray
     over ``checkpoint`` with a ``tokens`` coordinate (layers averaged for CKA and
     dimensionality, the max over layers for head scores), plus the store's ``lm_loss``.
+    A variable the store holds (``internal_states:`` of the run config: ``llc``,
+    ``weight_norm``, the memorisation columns) is read there, before ``states``.
     Curves with no finite value are left out."""
     done = _done(res)
     tokens = done.tokens.reindex(checkpoint=done.checkpoint.values)
     out = {}
     for var, (name, how) in STATE_CURVES.items():
+        if var in done.data_vars and done[var].dims == ("checkpoint",):
+            out[name] = done[var].astype(float)
+            continue
         if states is None or var not in states:
             continue
         da = states[var]
         if "layer" in da.dims:
             da = da.mean("layer") if how == "mean" else da.max("layer")
         out[name] = da
+    named = {var for var, (name, _) in STATE_CURVES.items() if name in out}
+    stored = (res.attrs.get("internal_states") or {}).get("variables") or {}
+    for var, dims in stored.items():  # a metric with no STATE_CURVES entry: under its variable's name
+        if not dims and var not in named and var in done.data_vars:
+            out.setdefault(var, done[var].astype(float))
     if "lm_loss" in done:
         out[LM_LOSS_CURVE] = done["lm_loss"].astype(float)
     keep = {}
@@ -791,9 +806,11 @@ def analyze(path: str | Path, internal: bool = True, n_boot: int = 200, trust_re
         ``state_curves``: name -> 1-D DataArray over ``checkpoint`` (coords ``tokens``,
         ``step``), the summarised curves of :data:`STATE_CURVES` that exist (CKA and
         dimensionality averaged over layers, head scores max over layers and heads, ICL
-        score, instruction following, training / held-out loss, memorisation gap) and
-        :data:`LM_LOSS_CURVE` (the store's ``lm_loss``); with ``internal=False`` (then
-        ``internal`` is None) only the memorisation curves and the LM loss. ``downstream``: Dataset over ``checkpoint``
+        score, instruction following, training / held-out loss and accuracy, memorisation
+        gap and index, weight norm, LLC) and :data:`LM_LOSS_CURVE` (the store's
+        ``lm_loss``); the states the store holds (``internal_states:``) are read from it;
+        with ``internal=False`` (then ``internal`` is None) only the memorisation
+        curves, the stored states and the LM loss. ``downstream``: Dataset over ``checkpoint``
         (coords ``tokens``, ``step``), one variable per task (the store's copy, else
         the files of its config's ``downstream:``; see
         :func:`brainalign.sweep.downstream.downstream_table`), or None.

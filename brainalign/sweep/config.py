@@ -19,6 +19,8 @@ Example::
     weights: {disk_budget: 30GB}       # hub revisions freed after use (keep: true keeps them); mirror:, prefetch:
     downstream: evals/                 # lm-evaluation-harness results (or a CSV, or a list); optional:
                                        # {path: evals/, metric: acc, tokens_per_step: 2097152}
+    internal_states: [llc, memorisation, weight_norm]   # stored per checkpoint (dynamics.states)
+    llc: {draws: 100, chains: 2}       # the LLC's SGLD settings (dynamics.llc.LLCSettings) and data
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticCustomError
 
 from .._yaml import StrictModel, read_yaml_model
+from ..dynamics.llc import LLCSettings
 from ..errors import ValidationError
 
-__all__ = ["RunConfig", "DownstreamConfig", "load_config", "config_hash", "check_slurm_available"]
+__all__ = ["RunConfig", "DownstreamConfig", "LLCConfig", "load_config", "config_hash", "check_slurm_available"]
 
 
 class DatasetConfig(StrictModel):
@@ -316,6 +319,27 @@ class WeightsConfig(StrictModel):
         return v
 
 
+_LLC = LLCSettings()  # the defaults of the llc: section
+
+
+class LLCConfig(StrictModel):
+    """The ``llc:`` section: the SGLD settings of :class:`brainalign.dynamics.llc.LLCSettings`
+    (same names and defaults) and the data the LLC is measured on: a train-tiny task
+    model's training data, else ``sequences`` windows of ``seq_len`` tokens of the
+    stimulus stories."""
+
+    lr: float = Field(_LLC.lr, gt=0)
+    n_beta: float = Field(_LLC.n_beta, gt=0)
+    localization: float = Field(_LLC.localization, ge=0)
+    chains: int = Field(_LLC.chains, ge=1)
+    draws: int = Field(_LLC.draws, ge=8)
+    batch_size: int = Field(_LLC.batch_size, ge=1)
+    seed: int = Field(_LLC.seed)
+    restrict: str | None = None
+    sequences: int = Field(256, ge=1)
+    seq_len: int = Field(64, ge=2)
+
+
 class RunConfig(StrictModel):
     dataset: DatasetConfig
     model: ModelConfig
@@ -330,8 +354,22 @@ class RunConfig(StrictModel):
     weights: WeightsConfig = Field(default_factory=WeightsConfig)
     #: downstream-task results read onto the sweep's checkpoints (not part of the hash)
     downstream: DownstreamConfig | None = None
+    #: internal-state metrics stored per checkpoint (:data:`brainalign.dynamics.states.STATE_METRICS`)
+    internal_states: list[str] = Field(default_factory=list)
+    #: the LLC's settings (used with ``internal_states: [llc]``)
+    llc: LLCConfig = Field(default_factory=LLCConfig)
     #: where the config came from (set by load_config; not part of the hash)
     source: str | None = Field(default=None, exclude=True)
+
+    @field_validator("internal_states")
+    @classmethod
+    def _known_states(cls, v: list[str]) -> list[str]:
+        from ..dynamics.states import STATE_METRICS
+
+        unknown = [n for n in v if n not in STATE_METRICS]
+        if unknown:
+            raise ValueError(f"unknown internal state {', '.join(map(repr, unknown))}; known: {', '.join(STATE_METRICS)}")
+        return list(dict.fromkeys(v))
 
     def resolve_layers(self, n_layers: int) -> list[int]:
         """Layer indices (0 = embeddings .. n_layers) this config asks for."""
@@ -410,7 +448,8 @@ HASHED = ("dataset", "model", "layers", "features", "encoding", "stats", "rois")
 
 def settings(cfg: RunConfig) -> dict:
     """The settings that change a stored value: not output, executor or revisions (adding
-    checkpoints is compatible), nor the knobs of a test that is not used."""
+    checkpoints is compatible), nor the knobs of a test that is not used; the internal
+    states stored and the LLC's settings when the LLC is one of them."""
     d = cfg.model_dump(mode="json")
     sub = {k: d[k] for k in HASHED}
     sub["model"] = {k: v for k, v in sub["model"].items() if k != "revisions"}
@@ -419,6 +458,10 @@ def settings(cfg: RunConfig) -> dict:
         sub["rois"].pop("space")
     # features.word_state was called word_reduction: stores made before the rename keep their hash
     sub["features"] = {("word_reduction" if k == "word_state" else k): v for k, v in sub["features"].items()}
+    if cfg.internal_states:  # only when asked for: stores made before internal_states keep their hash
+        sub["internal_states"] = sorted(cfg.internal_states)
+        if "llc" in cfg.internal_states:
+            sub["llc"] = d["llc"]
     if sub["features"].get("float16"):
         # float16 reaches the feature cache since it was renamed here: a store made before (whose features were
         # float32 whatever it said) does not share this hash

@@ -283,6 +283,7 @@ def make_plan(config: RunConfig | str | Path | dict, dataset=None) -> Plan:
     targets = _target_space(cfg, ds, subjects)
     checkpoints = resolve_checkpoints(cfg)
     n_layers = _n_layers(checkpoints[-1], cfg.model.trust_remote_code, _source_cache(cfg))
+    _check_states(cfg, ds, checkpoints)
     layers = cfg.resolve_layers(n_layers)
     roi_names = _roi_names(cfg, subjects, targets)
     return Plan(
@@ -299,6 +300,33 @@ def make_plan(config: RunConfig | str | Path | dict, dataset=None) -> Plan:
         projection=targets.projection,
         loaded=ds,
     )
+
+
+#: internal states that load the checkpoint's weights (the others read files beside it)
+_MODEL_STATES = ("llc", "weight_norm")
+
+
+def _state_context(cfg: RunConfig, ds, ckpt: Checkpoint):
+    """What :mod:`brainalign.dynamics.states` metrics read of one checkpoint."""
+    from ..dynamics.states import CheckpointContext
+
+    return CheckpointContext(model=ckpt.model, revision=ckpt.revision, trust_remote_code=cfg.model.trust_remote_code,
+                             texts=[" ".join(st.words) for st in ds.stories.values()],
+                             settings={"llc": cfg.llc.model_dump()})
+
+
+def _check_states(cfg: RunConfig, ds, checkpoints: list[Checkpoint]) -> None:
+    """The ``internal_states`` can be computed (the extra installed, a causal LM for the
+    LLC, training logs for memorisation), checked on the last checkpoint first."""
+    if not cfg.internal_states:
+        return
+    from ..dynamics.states import check_states
+
+    ctxs = [_state_context(cfg, ds, c) for c in [checkpoints[-1], *checkpoints[:-1]]]
+    try:
+        check_states(cfg.internal_states, ctxs)
+    except ValidationError as exc:
+        raise ValidationError(f"{cfg.source + ': ' if cfg.source else ''}{exc}") from None
 
 
 def _checked_config(config: RunConfig | str | Path | dict) -> RunConfig:
@@ -351,6 +379,10 @@ def _check_options(cfg: RunConfig) -> None:
     if cfg.executor.stages == "separate" and not cfg.features.cache:
         raise ValidationError("executor.stages: 'separate' hands the features to the fits through the feature cache: "
                               "features.cache is false")
+    loads = [n for n in cfg.internal_states if n in _MODEL_STATES]
+    if cfg.executor.stages == "separate" and loads:
+        raise ValidationError(f"internal_states: {', '.join(loads)} load the model in the fits stage, which with "
+                              "executor.stages: 'separate' has no weights; use stages: together")
 
 
 @dataclass(frozen=True)
@@ -462,8 +494,19 @@ def _variables(plan: Plan) -> dict[str, tuple[tuple[str, ...], str]]:
     """
     from ..encoding.variables import fit_variables
 
+    from ..dynamics.states import state_variables
+
     fitted = fit_variables(stats=plan.config.stats.test != "none", rois=True, ceiling=False)
-    return {**{name: (("checkpoint", *v.dims), v.dtype) for name, v in fitted.items()}, **SWEEP_VARIABLES}
+    states = state_variables(plan.config.internal_states)
+    return {**{name: (("checkpoint", *v.dims), v.dtype) for name, v in fitted.items()}, **SWEEP_VARIABLES,
+            **{name: (("checkpoint", *dims), dtype) for name, (dims, dtype) in states.items()}}
+
+
+def _state_axes(plan: Plan) -> dict[str, int]:
+    """The internal states' own axes (``chain``, ``draw`` of the LLC) and their lengths."""
+    from ..dynamics.states import state_axes
+
+    return state_axes(plan.config.internal_states, {"llc": plan.config.llc.model_dump()})
 
 
 #: the store's labelled axes: a result's labels are placed where the plan has them
@@ -471,7 +514,8 @@ _LABELLED_AXES = {"layer": lambda plan: plan.layers, "subject": lambda plan: pla
                   "roi": lambda plan: plan.rois}
 #: the store's other axes and their lengths: a result fills them from the start (NaN after)
 _SIZED_AXES = {"target": lambda plan: plan.n_targets, "boot": lambda plan: BOOTSTRAP["n_boot"],
-               "term": lambda plan: _n_terms(plan)}
+               "term": lambda plan: _n_terms(plan), "chain": lambda plan: _state_axes(plan)["chain"],
+               "draw": lambda plan: _state_axes(plan)["draw"]}
 
 
 def _placed(plan: Plan, da: xr.DataArray, dims: tuple[str, ...], dtype: str) -> np.ndarray:
@@ -644,6 +688,8 @@ def run_checkpoint(plan: Plan, index: int, progress: bool = False, before_load=N
         res = project(res, ds, to=plan.projection,
                       variables=[v for v, (dims, _) in _variables(plan).items() if dims[-1] == "target" and v in res])
     region = _region(plan, res, roi, fs, roi_cv=agg["cv_score"])
+    for name, v in _states_region(plan, index, before_load).items():
+        region[name] = v
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     region["task_seconds"] = ((), np.float32(seconds))
@@ -739,6 +785,7 @@ def _create_store(plan: Plan, store: ResultsStore, force: bool) -> None:
         "roi": np.array(plan.rois),
         "boot": np.arange(BOOTSTRAP["n_boot"]),
         "term": np.arange(_n_terms(plan)),
+        **{ax: np.arange(n) for ax, n in _state_axes(plan).items()},
     }
     cfg = plan.config
     _reuse_store(plan, store, force)
@@ -761,7 +808,44 @@ def _create_store(plan: Plan, store: ResultsStore, force: bool) -> None:
         attrs["ceiling_note"] = note
     if plan.projection:
         attrs["projection"] = _projection_attrs(plan)
+    if cfg.internal_states:
+        attrs["internal_states"] = _states_attrs(plan)
     store.create(coords, _variables(plan), attrs=attrs, layout_key=plan.layout_key(), force=force, data=_ceilings(plan))
+
+
+def _states_attrs(plan: Plan) -> dict:
+    """What the stored internal states are and how they were computed (store attribute ``internal_states``)."""
+    from ..dynamics.states import STATE_METRICS, llc_data
+
+    cfg = plan.config
+    out = {"computed": list(cfg.internal_states),
+           "descriptions": {n: STATE_METRICS[n].description for n in cfg.internal_states},
+           "variables": {v: list(dims) for n in cfg.internal_states for v, (dims, _) in STATE_METRICS[n].variables.items()}}
+    if "llc" in cfg.internal_states:
+        from ..dynamics.llc import SETTLE_TOL
+
+        ctx = _state_context(cfg, plan.dataset(), plan.checkpoints[-1])
+        out["llc"] = {"settings": cfg.llc.model_dump(), "settle_tol": SETTLE_TOL, "data": llc_data(ctx)[2]}
+    return out
+
+
+def _states_region(plan: Plan, index: int, before_load) -> dict:
+    """The internal states of checkpoint ``index``, shaped to the store (``before_load``
+    first when one of them loads the weights)."""
+    from ..dynamics.states import compute_states
+
+    cfg = plan.config
+    if not cfg.internal_states:
+        return {}
+    if before_load is not None and any(n in _MODEL_STATES for n in cfg.internal_states):
+        before_load()
+    vals = compute_states(cfg.internal_states, _state_context(cfg, plan.dataset(), plan.checkpoints[index]))
+    out = {}
+    for name, (dims, dtype) in _variables(plan).items():
+        if name in vals:
+            da = xr.DataArray(np.asarray(vals[name]), dims=dims[1:])
+            out[name] = (dims[1:], _placed(plan, da, dims[1:], dtype))
+    return out
 
 
 def _projection_attrs(plan: Plan) -> dict:
