@@ -97,3 +97,18 @@ def test_gpu_estimate_and_refusals(tmp_path, tiny_run, capsys):
     assert main(["plan", str(path), "--gpu", "h100", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["size"]["checkpoints"] == 3 and out["where"].startswith("NVIDIA H100")
+
+
+def test_llc_cost_is_its_sgld_tokens(tmp_path, tiny_run):
+    """internal_states: [llc] adds chains x draws x batch x seq_len SGLD tokens per
+    checkpoint, 6 x parameters FLOPs each, to the predicted time."""
+    pytest.importorskip("devinterp", reason="the devinterp extra is not installed")
+    base = sweep_size(make_plan(_config(tmp_path, tiny_run.out_dir)))
+    cfg = {**_config(tmp_path, tiny_run.out_dir), "internal_states": ["llc"],
+           "llc": {"chains": 3, "draws": 10, "batch_size": 8, "seq_len": 16}}
+    size = sweep_size(make_plan(cfg))
+    assert base.llc_tokens == 0 and size.llc_tokens == 3 * 10 * 8 * 16
+    assert size.llc_flops() == pytest.approx(6 * size.params * size.llc_tokens)
+    est = estimate(size, gpu_rates("h100"))
+    assert est["seconds_per_checkpoint"]["llc"] == pytest.approx(size.llc_flops() / gpu_rates("h100").ridge)
+    assert "llc" not in estimate(base, gpu_rates("h100"))["seconds_per_checkpoint"]

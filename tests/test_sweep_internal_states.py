@@ -156,16 +156,25 @@ def _has_devinterp() -> bool:
     return True
 
 
-def test_llc_of_a_story_model_is_measured_on_windows_of_the_stories(tmp_path):
-    """A model not trained on a task: the LLC's data are windows of the stimulus stories'
-    tokens (next-token loss); the sweep stores one estimate per checkpoint."""
+def test_llc_of_a_story_model_is_measured_on_windows_of_the_stories(tmp_path, capsys):
+    """``brainalign run`` on a model not trained on a task: the LLC's data are windows of
+    the stimulus stories' tokens (next-token loss); one estimate per checkpoint is stored."""
     pytest.importorskip("devinterp", reason="the devinterp extra is not installed")
+    import yaml
+
+    from brainalign.cli import main
     from brainalign.features.testing import tiny_checkpoint
+    from brainalign.sweep import Sweep
 
     gpt2 = tiny_checkpoint(tmp_path / "gpt2", "gpt2")
     cfg = _config(tmp_path, gpt2, internal_states=["llc", "weight_norm"],
                   llc={"draws": 8, "sequences": 64, "seq_len": 32})
-    res = run(cfg, progress=False).results
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["run", str(path), "--dry-run"]) == 0
+    assert "internal states, stored per checkpoint: llc, weight_norm (LLC: 2 chains x 8 draws" in capsys.readouterr().out
+    assert main(["run", str(path), "--no-report"]) == 0
+    res = Sweep(tmp_path / "results.zarr").results
     assert res.sizes["checkpoint"] == 1 and np.isfinite(float(res["llc"][0]))
     assert res["llc_trace"].shape == (1, 2, 8)
     assert res.attrs["internal_states"]["llc"]["data"].startswith("64 windows of 32 tokens of the stimulus stories")

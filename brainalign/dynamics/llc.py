@@ -122,6 +122,7 @@ def estimate_llc(model, sequences: np.ndarray, settings: LLCSettings | None = No
 
     ``loss_positions``: a boolean vector over a row's tokens, the ones the training loss
     predicts (None: every next token). ``progress``: devinterp's progress bar per chain.
+    The chains run where the model's weights are (move it to a GPU first to run there).
     Returns an xarray Dataset: ``llc`` and
     ``llc_std`` (over chains), ``llc_chain`` (chain), ``loss_trace`` (chain x draw),
     ``init_loss``, ``settled`` (chain) and the settings as attributes. The same seed
@@ -153,8 +154,9 @@ def estimate_llc(model, sequences: np.ndarray, settings: LLCSettings | None = No
     with warnings.catch_warnings(), torch.random.fork_rng(), _chain_bars(progress):
         warnings.simplefilter("ignore")  # devinterp warns about its temporary output folder
         out = llc(model, ds, {}, lr=s.lr, n_beta=s.n_beta, localization=s.localization, num_chains=s.chains,
-                  num_draws=s.draws, batch_size=s.batch_size, init_seed=s.seed, device="cpu",
-                  num_init_loss_batches=max(1, min(8, len(ds) // s.batch_size)), **kwargs)
+                  num_draws=s.draws, batch_size=s.batch_size, init_seed=s.seed,
+                  num_init_loss_batches=max(1, min(8, len(ds) // s.batch_size)),
+                  device=str(next(model.parameters()).device), **kwargs)
     trace = np.asarray(out.loss_trace.values, dtype=float)
     init = float(out.init_loss)
     q = max(trace.shape[1] // 4, 1)

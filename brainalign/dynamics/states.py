@@ -71,17 +71,22 @@ class CheckpointContext:
     trust_remote_code: bool = False
     texts: list[str] = field(default_factory=list)
     settings: Mapping[str, Any] = field(default_factory=dict)
+    #: where the causal LM runs ("auto": CUDA when there is one); float32 everywhere
+    device: str = "cpu"
     _loaded: dict = field(default_factory=dict, repr=False)
 
     def causal_lm(self):
-        """The checkpoint as a causal LM (safetensors weights), loaded once."""
+        """The checkpoint as a causal LM (safetensors weights, float32, on ``device``), loaded once."""
         if "lm" not in self._loaded:
             from transformers import AutoModelForCausalLM
 
             with _quiet_loading():
-                self._loaded["lm"] = AutoModelForCausalLM.from_pretrained(
-                    self.model, revision=self.revision, use_safetensors=True,
+                lm = AutoModelForCausalLM.from_pretrained(
+                    self.model, revision=self.revision, use_safetensors=True, dtype="float32",
                     trust_remote_code=self.trust_remote_code).eval()
+            from ..features.loading import resolve_device
+
+            self._loaded["lm"] = lm.to(resolve_device(self.device, "float32")[0])
         return self._loaded["lm"]
 
     def module(self):

@@ -59,6 +59,11 @@ def _dry_run(args: argparse.Namespace) -> int:
     print(f"layers ({len(plan.layers)} of 0..{plan.n_layers}): {', '.join(map(str, plan.layers))}")
     print(f"subjects ({len(plan.subjects)}): {', '.join(plan.subjects)}")
     print(f"targets: {plan.n_targets} in {plan.space}; ROIs: {', '.join(plan.rois)}")
+    if cfg.internal_states:
+        llc = cfg.llc
+        print(f"internal states, stored per checkpoint: {', '.join(cfg.internal_states)}"
+              + (f" (LLC: {llc.chains} chains x {llc.draws} draws, lr {llc.lr}, seed {llc.seed})"
+                 if "llc" in cfg.internal_states else ""))
     ex = cfg.executor
     print(f"executor: {ex.kind}" + (f" ({chosen.describe(ex)})" if chosen.describe is not None else ""))
     if chosen.dry_run is not None:

@@ -12,6 +12,8 @@ The ridge FLOPs come from :func:`brainalign.encoding.ridge.fit_flops`, the same 
 solver uses to choose its route; the forward FLOPs are ``2 x parameters`` per token
 plus attention (``2 x layers x context x hidden``). Predicted wall times are the sum
 of the parts for one worker; downloads are counted at ``bandwidth`` bytes per second.
+The LLC (``internal_states: [llc]``) costs ``6 x parameters`` per SGLD token; a
+calibrated estimate includes it in the measured checkpoint task.
 """
 
 from __future__ import annotations
@@ -70,6 +72,13 @@ class SweepSize:
     #: features per layer the fits see, when fewer than ``hidden`` (a reduction before
     #: the delays); the cache still holds ``hidden`` values per word
     fit_dims: int | None = None
+    #: tokens the LLC's SGLD chains process per checkpoint (``internal_states: [llc]``;
+    #: chains x draws x batch x ``llc.seq_len``), each a forward and a backward pass
+    llc_tokens: int = 0
+
+    def llc_flops(self) -> float:
+        """FLOPs of one checkpoint's LLC chains (forward + backward: 6 x parameters per token)."""
+        return 6.0 * self.params * self.llc_tokens
 
     @property
     def p(self) -> int:
@@ -193,6 +202,8 @@ def sweep_size(plan) -> SweepSize:
         weight_bytes=weight_bytes, feature_value_bytes=2 if cfg.features.float16 else 4, delays=len(cfg.encoding.delays),
         n_folds=int(cfg.encoding.n_folds), n_alphas=len(cfg.encoding.alpha_values()), groups=list(groups.values()),
         stats=cfg.stats.test, download=any(c.revision is not None for c in plan.checkpoints),
+        llc_tokens=(cfg.llc.chains * cfg.llc.draws * cfg.llc.batch_size * cfg.llc.seq_len
+                    if "llc" in cfg.internal_states else 0),
     )
 
 
@@ -277,6 +288,8 @@ def estimate(size: SweepSize, rates: Rates) -> dict:
             "features": size.forward_flops() / rates.forward,
             "ridge": (rf["targets"] / rates.ridge + rf["design"] / rates.design) * STATS_FACTOR.get(size.stats, 1.0),
         }
+        if size.llc_tokens:  # SGLD runs in float32: at the float32 GEMM rate
+            per_ckpt["llc"] = size.llc_flops() / rates.ridge
     total = {k: v * size.checkpoints for k, v in per_ckpt.items()}
     return {
         "size": {**asdict(size), "fits": size.checkpoints * size.layers * len(size.groups)},

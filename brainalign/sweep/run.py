@@ -312,7 +312,7 @@ def _state_context(cfg: RunConfig, ds, ckpt: Checkpoint):
 
     return CheckpointContext(model=ckpt.model, revision=ckpt.revision, trust_remote_code=cfg.model.trust_remote_code,
                              texts=[" ".join(st.words) for st in ds.stories.values()],
-                             settings={"llc": cfg.llc.model_dump()})
+                             settings={"llc": cfg.llc.model_dump()}, device=cfg.features.device)
 
 
 def _check_states(cfg: RunConfig, ds, checkpoints: list[Checkpoint]) -> None:
