@@ -70,6 +70,9 @@ def demo_config(out: Path, model_dir: Path, quick: bool = False) -> dict:
         # maps, phases claimed only where alignment is above chance
         "stats": {"test": "sign"},
         "rois": {"atlas": "language", "how": "mean"},
+        # stored per checkpoint beside the scores; add llc (pip install 'brainalign[devinterp]')
+        # for the learning coefficient (about 14 s per checkpoint of this model on one CPU core)
+        "internal_states": ["memorisation", "weight_norm"],
         "output": {"store": str(out / "results.zarr")},
     }
 
