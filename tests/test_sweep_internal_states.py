@@ -231,3 +231,19 @@ def test_refined_llc_of_one_head_is_below_the_whole_models(states_sweep):
     assert 0 < head < 0.5 * whole, (head, whole)
     with pytest.raises(ValidationError, match="restrict='h0'"):
         estimate_llc(model, x, LLCSettings(draws=8, restrict="h0"), positions)
+
+
+def test_settled_chains_are_level_ones_whatever_their_noise():
+    """A chain that rose and levelled off, or one flat within its minibatch noise (near
+    initialisation), has settled; one still climbing has not."""
+    from brainalign.dynamics.llc import chains_settled
+
+    rng = np.random.default_rng(0)
+    draws = np.arange(100)
+    level = 1.0 + 0.5 * (1 - np.exp(-draws / 10))  # rose by 0.5 within 30 draws
+    flat = np.full(100, 1.0)  # no rise: only noise
+    climbing = 1.0 + 0.01 * draws  # still rising at the end
+    noise = rng.normal(0, 0.01, (3, 100))
+    ok = chains_settled(np.stack([level, flat, climbing]) + noise, 1.0)
+    assert ok.tolist() == [True, True, False]
+    assert not chains_settled(np.full((1, 100), np.nan), 1.0)[0]

@@ -9,8 +9,9 @@ Needs the optional extra: ``pip install 'brainalign[devinterp]'``.
 
 The defaults (:class:`LLCSettings`) were tuned on the tiny GPT-NeoX models of
 ``brainalign train-tiny --task induction`` (2 layers, 32 wide): with them every chain's
-loss rises from the checkpoint's and levels off (the last quarter of its trace within
-:data:`SETTLE_TOL` of the quarter before, relative to the rise). A stronger pull
+loss rises from the checkpoint's and levels off (the mean of the last quarter of its
+trace within :data:`SETTLE_TOL` of the rise, or within the minibatch noise, of the
+quarter before's). A stronger pull
 (``localization``) or a smaller ``lr`` settles chains faster and makes the estimate
 more local; a larger ``lr`` lets chains drift (the loss climbs to chance, the estimate
 grows without meaning). :func:`estimate_llc` flags chains that have not settled, and
@@ -29,10 +30,12 @@ import numpy as np
 
 from ..errors import ValidationError
 
-__all__ = ["LLCSettings", "SETTLE_TOL", "require_devinterp", "estimate_llc", "llc_curve"]
+__all__ = ["LLCSettings", "SETTLE_TOL", "require_devinterp", "estimate_llc", "llc_curve", "chains_settled"]
 
 #: a chain has settled when the mean loss of its last quarter differs from the quarter
-#: before by at most this fraction of its rise above the checkpoint's loss
+#: before by at most this fraction of its rise above the checkpoint's loss, or by at most
+#: twice the standard error of that difference (each draw is one minibatch: where the
+#: rise is about as small as the minibatch noise, as near initialisation, the noise decides)
 SETTLE_TOL = 0.1
 
 
@@ -86,6 +89,20 @@ def _chain_bars(show: bool) -> Iterator[None]:
         yield
     finally:
         sampler.trange = bar
+
+
+def chains_settled(trace: np.ndarray, init_loss: float) -> np.ndarray:
+    """Per chain (rows of ``trace``, its loss per draw), whether it has settled: the mean
+    of its last quarter differs from the quarter before's by at most :data:`SETTLE_TOL`
+    of its rise above ``init_loss``, or by at most twice the standard error of that
+    difference (minibatch noise)."""
+    trace = np.atleast_2d(np.asarray(trace, dtype=float))
+    q = max(trace.shape[1] // 4, 1)
+    a, b = trace[:, -q:], trace[:, -2 * q:-q]
+    last, prev = a.mean(1), b.mean(1)
+    rise = np.maximum(np.abs(last - init_loss), 1e-6)
+    noise = np.sqrt(a.var(1) / q + b.var(1) / q)
+    return np.isfinite(last) & (np.abs(last - prev) <= np.maximum(SETTLE_TOL * rise, 2.0 * noise))
 
 
 def _dataset(sequences: np.ndarray):
@@ -159,10 +176,7 @@ def estimate_llc(model, sequences: np.ndarray, settings: LLCSettings | None = No
                   device=str(next(model.parameters()).device), **kwargs)
     trace = np.asarray(out.loss_trace.values, dtype=float)
     init = float(out.init_loss)
-    q = max(trace.shape[1] // 4, 1)
-    last, prev = trace[:, -q:].mean(1), trace[:, -2 * q:-q].mean(1)
-    rise = np.maximum(np.abs(last - init), 1e-6)
-    settled = np.isfinite(last) & (np.abs(last - prev) <= SETTLE_TOL * rise)
+    settled = chains_settled(trace, init)
     chain = np.asarray(out.llc_per_chain.values, dtype=float)
     res = xr.Dataset({"llc": ((), float(np.mean(chain))), "llc_std": ((), float(np.std(chain))),
                       "llc_chain": (("chain",), chain), "loss_trace": (("chain", "draw"), trace),
@@ -191,8 +205,8 @@ def llc_curve(checkpoints: Mapping[str, str], sequences: np.ndarray, settings: L
     bad = [c for c, ok in zip(checkpoints, out["settled"].all("chain").values) if not ok]
     neg = [c for c, v in zip(checkpoints, out["llc"].values) if v < 0]
     if bad:
-        warnings.warn(f"LLC chains did not settle at {bad}: use a smaller lr or a stronger localization "
-                      "(the loss traces are in loss_trace)", stacklevel=2)
+        warnings.warn(f"LLC chains did not settle at {bad}: use more draws, a smaller lr or a stronger "
+                      "localization (the loss traces are in loss_trace)", stacklevel=2)
     if neg:
         warnings.warn(f"negative LLC at {neg}: those checkpoints are not near a minimum of the loss "
                       "(or the chains are too hot)", stacklevel=2)

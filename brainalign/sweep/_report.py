@@ -675,7 +675,8 @@ def _llc_section(ctx: _Ctx) -> Section | None:
         text.append(f"Measured on {info.get('data', 'the stories')}: {n_chain} SGLD chains of {st.get('draws')} draws, "
                     f"lr {st.get('lr')}, n·β {st.get('n_beta')}, localization {st.get('localization')}, seed "
                     f"{st.get('seed')}. A chain has settled when the mean loss of its last quarter differs from the "
-                    f"quarter before by at most {info.get('settle_tol')} of its rise.")
+                    f"quarter before by at most {info.get('settle_tol')} of its rise, or by at most twice the "
+                    "standard error of that difference (the minibatch noise).")
     text.append(f"Chains did not settle at {len(bad)} of {len(done.checkpoint)} checkpoints ({', '.join(bad)}): their "
                 "LLC is uncertain; use more draws, a smaller lr or a stronger localization." if bad else
                 "Every chain settled.")
