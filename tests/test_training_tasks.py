@@ -56,7 +56,24 @@ def test_modular_addition_is_memorised_before_it_generalises(tmp_path):
     stored = json.loads((run.out_dir / "training_log.json").read_text())
     assert stored["config"]["loss"] == "the answer"
     assert stored["complete"] and stored["config"]["task"] == {"kind": "modular", "p": 23, "train_fraction": 0.4,
-                                                                "name": "modular"}
+                                                                "split_swaps": False, "name": "modular"}
+
+
+def test_modular_addition_split_keeps_swaps_together():
+    """split_swaps: (a, b) and (b, a) on the same side, so commutativity gives nothing
+    away; the default split is the random one it always was."""
+    task = ModularAdditionTask(p=23, train_fraction=0.85, split_swaps=True)
+    d = task.data(seed=0)
+    pairs = {side: {(int(a), int(b)) for a, b, *_ in d[side][0]} for side in ("train", "heldout")}
+    assert not pairs["train"] & pairs["heldout"] and len(pairs["train"]) + len(pairs["heldout"]) == 23 * 23
+    assert all((b, a) in pairs[side] for side in pairs for a, b in pairs[side])
+    assert abs(len(pairs["train"]) - 0.85 * 23 * 23) <= 2  # to within one unordered pair
+    assert all(((a + b) % 23) == c for a, b, _, c in d["heldout"][0])
+    plain = ModularAdditionTask(p=23, train_fraction=0.85).data(seed=0)
+    order = np.random.default_rng(0).permutation(23 * 23)
+    assert np.array_equal(plain["train"][0][:, 0] * 23 + plain["train"][0][:, 1], order[: int(round(0.85 * 23 * 23))])
+    swapped = sum((int(b), int(a)) in {(int(x), int(y)) for x, y, *_ in plain["train"][0]} for a, b, *_ in plain["heldout"][0])
+    assert swapped > 0.7 * len(plain["heldout"][0])  # most held-out pairs have their swap trained on
 
 
 def test_checkpoints_load_and_runs_are_reused(induction_run, tmp_path):

@@ -7,7 +7,9 @@
   Trained on every next token (the language-model objective).
 - :class:`ModularAdditionTask`: ``a + b = c (mod p)`` on a fixed fraction of the
   pairs; trained with strong weight decay, the training accuracy saturates long before
-  the held-out accuracy rises (grokking).
+  the held-out accuracy rises (grokking), if it rises within the steps trained (see
+  the class docstring; ``split_swaps`` keeps commutativity from inflating the held-out
+  accuracy).
 
 :func:`train_task` trains a tiny GPT-NeoX on one of them with log-spaced checkpoints,
 in the same folder layout as :func:`~brainalign.training.train_tiny` (Hugging Face
@@ -111,10 +113,26 @@ class InductionTask:
 @dataclass(frozen=True)
 class ModularAdditionTask:
     """``a b = c`` with ``c = (a + b) mod p``; a ``train_fraction`` of the ``p^2``
-    pairs is trained on (full batch), the rest held out. Only the answer is scored."""
+    pairs is trained on (full batch), the rest held out. Only the answer is scored.
+
+    With the default random split most held-out pairs ``(a, b)`` have their swap
+    ``(b, a)`` among the training pairs, so a model that memorises symmetrically
+    scores about ``train_fraction`` on the held-out pairs without knowing addition.
+    ``split_swaps=True`` keeps a pair and its swap on the same side (the training set
+    then holds ``train_fraction`` of the pairs to within one unordered pair): a
+    memorising model scores 0 on the held-out pairs (each answer it has seen with
+    ``a`` belongs to another ``b``), and only the addition algorithm scores above it.
+
+    On a CPU budget (a few thousand full-batch steps) the held-out rise is fragile:
+    with ``p=23, train_fraction=0.85, split_swaps=True``, a 1-layer 64-wide model,
+    lr 3e-3 and weight decay 1.0, the training accuracy saturates by step ~100 and
+    the held-out accuracy reached 0.96 by step 3000 with one seed but was still 0.1
+    with another; smaller training fractions (0.4-0.7) were memorised and not
+    generalised within 3000 steps (examples/grokking.py)."""
 
     p: int = 53
     train_fraction: float = 0.4
+    split_swaps: bool = False
     name: str = "modular"
     #: what the training loss predicts (see :meth:`loss_mask`)
     loss: ClassVar[str] = "the answer"
@@ -133,9 +151,21 @@ class ModularAdditionTask:
         x = np.stack([a.ravel(), b.ravel(), np.full(a.size, self.p), (a + b).ravel() % self.p], axis=1)
         scored = np.zeros_like(x, dtype=bool)
         scored[:, 3] = True
-        order = np.random.default_rng(seed).permutation(len(x))
+        rng = np.random.default_rng(seed)
         n = int(round(self.train_fraction * len(x)))
-        tr, he = order[:n], order[n:]
+        if self.split_swaps:
+            # a pair and its swap (b, a) on the same side, so that the held-out accuracy
+            # is not given away by commutativity: unordered pairs in random order, taken
+            # until the training set holds n ordered pairs
+            key = np.minimum(a, b).ravel() * self.p + np.maximum(a, b).ravel()
+            uniq = rng.permutation(np.unique(key))
+            count = np.bincount(key, minlength=self.p * self.p)[uniq]
+            take = uniq[: int(np.searchsorted(np.cumsum(count), n)) + 1]
+            is_tr = np.isin(key, take)
+            tr, he = rng.permutation(np.flatnonzero(is_tr)), rng.permutation(np.flatnonzero(~is_tr))
+        else:
+            order = rng.permutation(len(x))
+            tr, he = order[:n], order[n:]
         return {"train": (x[tr], scored[tr]), "heldout": (x[he], scored[he]), "train_eval": (x[tr], scored[tr])}
 
     def loss_mask(self, x: np.ndarray) -> np.ndarray:
