@@ -165,7 +165,13 @@ def run_demo(out_dir: str | Path = "brainalign-demo", quick: bool = False) -> Pa
     lap("simulate")
     print(f"[2/4] sweep: {len(tr.checkpoints)} checkpoints x all layers x subjects, sign-randomisation tests "
           f"(config: {out / 'config.yaml'})", flush=True)
-    sweep = run(cfg)
+    from .sweep.store import IncompatibleStoreError
+
+    try:
+        sweep = run(cfg)
+    except IncompatibleStoreError:  # the demo's own store, made by another version of the demo: start it over
+        print(f"      the results store in {out} was made with other demo settings: starting it over", flush=True)
+        sweep = run(cfg, force=True)
     lap("sweep")
     print("[3/4] curves, phases (gated by the tests), internal states, thresholded maps, movie", flush=True)
     internal_state_curves(sweep.path)  # cached: the report below reads it back

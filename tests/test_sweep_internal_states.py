@@ -20,7 +20,7 @@ LLC = {"draws": 16, "chains": 2}
 
 def _config(root, model, **extra) -> dict:
     return {"dataset": DATA, "model": {"name": str(model)}, "layers": "all",
-            "features": {"context_tokens": 32, "batch_size": 8},
+            "features": {"context_tokens": 32, "batch_size": 8, "device": "cpu"},  # SGLD draws differ by device
             "encoding": {"alphas": {"logspace": [0, 4, 5]}, "n_folds": 3},
             "output": {"store": str(root / "results.zarr")}, **extra}
 
@@ -97,6 +97,7 @@ def test_analysis_and_report_show_the_stored_states(states_sweep):
         assert name in curves, sorted(curves)
         np.testing.assert_array_equal(curves[name].tokens.values, states_sweep.res.tokens.values)
     np.testing.assert_allclose(curves["local learning coefficient"].values, states_sweep.res["llc"].values, rtol=1e-6)
+    assert not {"llc_std", "llc_init_loss"} & set(curves)  # diagnostics, not curves over training
     html = states_sweep.html
     assert "Learning coefficient: chain diagnostics" in html and "induction task" in html
     assert "Stored by the sweep (internal_states): llc, memorisation, weight_norm" in html
@@ -104,6 +105,24 @@ def test_analysis_and_report_show_the_stored_states(states_sweep):
     assert ("Every chain settled" in html) == bool(settled.all())
     if not settled.all():
         assert "did not settle at" in html
+
+
+def test_a_report_needs_neither_the_extra_nor_the_logs_of_stored_states(states_sweep, monkeypatch, tmp_path):
+    """The states are in the store: analysing it (internal states included) on a machine
+    without devinterp, and with the training log gone, still works and reads them."""
+    from brainalign.sweep.analyze import analyze
+
+    store = tmp_path / "copy.zarr"
+    import shutil
+
+    shutil.copytree(states_sweep.root / "results.zarr", store)
+    monkeypatch.setitem(sys.modules, "devinterp", None)
+    monkeypatch.setitem(sys.modules, "devinterp.slt", None)
+    monkeypatch.setitem(sys.modules, "devinterp.slt.llc", None)
+    a = analyze(store, internal=True, n_boot=0)
+    assert "CKA to the final checkpoint" in a["state_curves"]  # computed now, from the checkpoints
+    np.testing.assert_allclose(a["state_curves"]["local learning coefficient"].values, states_sweep.res["llc"].values,
+                               rtol=1e-6)
 
 
 def test_internal_states_are_part_of_the_settings_hash(tmp_path):
@@ -134,6 +153,9 @@ def test_states_that_cannot_be_computed_are_refused_before_any_work(tmp_path, mo
             make_plan(_config(tmp_path, bert, internal_states=["llc"]))
         with pytest.raises(ValidationError, match="fewer than llc.batch_size=64"):
             make_plan(_config(tmp_path, gpt2, internal_states=["llc"], llc={"sequences": 10, "batch_size": 64}))
+    if _has_devinterp():
+        with pytest.raises(ValidationError, match="llc.restrict: 'h0'"):
+            make_plan(_config(tmp_path, gpt2, internal_states=["llc"], llc={"restrict": "h0"}))
     with pytest.raises(ValidationError, match="stages: together"):
         make_plan(_config(tmp_path, gpt2, internal_states=["weight_norm"],
                           executor={"stages": "separate"}))
@@ -166,8 +188,11 @@ def test_llc_of_a_story_model_is_measured_on_windows_of_the_stories(tmp_path, ca
     from brainalign.features.testing import tiny_checkpoint
     from brainalign.sweep import Sweep
 
-    gpt2 = tiny_checkpoint(tmp_path / "gpt2", "gpt2")
-    cfg = _config(tmp_path, gpt2, internal_states=["llc", "weight_norm"],
+    gpt2 = tiny_checkpoint(tmp_path / "run" / "checkpoint-1", "gpt2")
+    for f in gpt2.iterdir():  # Trainer's layout: the tokenizer in the run folder, beside the checkpoints
+        if f.name not in ("config.json", "model.safetensors", "generation_config.json"):
+            f.rename(tmp_path / "run" / f.name)
+    cfg = _config(tmp_path, tmp_path / "run", internal_states=["llc", "weight_norm"],
                   llc={"draws": 8, "sequences": 64, "seq_len": 32})
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -197,14 +222,20 @@ def test_a_registered_metric_is_stored_and_analysed(tmp_path, monkeypatch):
     from brainalign.sweep.analyze import analyze
 
     def embedding_norm(ctx):
-        return {"embedding_norm": float(ctx.module().get_input_embeddings().weight.detach().norm())}
+        emb = ctx.module().get_input_embeddings().weight.detach()
+        return {"embedding_norm": float(emb.norm()), "first_rows": emb[:3, 0].numpy(),
+                "per_layer": np.array([10.0, 20.0])}
 
-    monkeypatch.setitem(STATE_METRICS, "embedding_norm",
-                        StateMetric("embedding_norm", {"embedding_norm": ((), "float32")}, embedding_norm))
+    monkeypatch.setitem(STATE_METRICS, "embedding_norm", StateMetric(
+        "embedding_norm", {"embedding_norm": ((), "float32"), "first_rows": (("row",), "float32"),
+                           "per_layer": (("layer",), "float32")},
+        embedding_norm, axes=lambda settings: {"row": 3}))
     model = tmp_path / "run"
     for i in (1, 2):  # two checkpoints of different weights
         tiny_checkpoint(model / f"checkpoint-{i}", "gpt2", seed=i)
-    res = run(_config(tmp_path, model, internal_states=["embedding_norm"]), progress=False).results
+    res = run(_config(tmp_path, model, internal_states=["embedding_norm"], layers=[0, 2]), progress=False).results
+    assert res["first_rows"].dims == ("checkpoint", "row") and np.isfinite(res["first_rows"].values).all()
+    np.testing.assert_array_equal(res["per_layer"].values, [[10.0, 20.0]] * 2)  # in the sweep's layer order
     from transformers import AutoModel
 
     want = [float(AutoModel.from_pretrained(model / c).get_input_embeddings().weight.detach().norm())
@@ -213,6 +244,10 @@ def test_a_registered_metric_is_stored_and_analysed(tmp_path, monkeypatch):
     assert want[0] != pytest.approx(want[1])
     curves = analyze(tmp_path / "results.zarr", internal=False, n_boot=0)["state_curves"]
     np.testing.assert_allclose(curves["embedding_norm"].values, want, rtol=1e-5)
+    assert "first_rows" not in curves and "per_layer" not in curves
+    monkeypatch.setitem(STATE_METRICS, "clash", StateMetric("clash", {"score": ((), "float32")}, embedding_norm))
+    with pytest.raises(ValidationError, match=r"its variables \['score'\] are already in the store"):
+        make_plan(_config(tmp_path / "b", model, internal_states=["clash"]))
 
 
 def test_refined_llc_of_one_head_is_below_the_whole_models(states_sweep):

@@ -41,7 +41,7 @@ from ..errors import ValidationError
 log = logging.getLogger(__name__)
 
 __all__ = ["StateMetric", "CheckpointContext", "STATE_METRICS", "state_variables", "state_axes", "check_states",
-           "compute_states", "llc_settings"]
+           "compute_states", "llc_settings", "llc_data", "loads_model", "curve_variables"]
 
 Variables = dict[str, tuple[tuple[str, ...], str]]
 
@@ -64,7 +64,8 @@ def _quiet_loading() -> Iterator[None]:
 class CheckpointContext:
     """What a metric may read of one checkpoint: its folder or hub id and revision, the
     stimulus stories' texts, the run config's settings of each metric (``settings["llc"]``)
-    and the models, loaded once and shared between metrics."""
+    and the models, loaded once and shared between metrics. ``hf_cache_dir``: the Hugging
+    Face cache hub revisions are read from (the sweep's ``weights.mirror`` setting)."""
 
     model: str
     revision: str | None
@@ -73,19 +74,38 @@ class CheckpointContext:
     settings: Mapping[str, Any] = field(default_factory=dict)
     #: where the causal LM runs ("auto": CUDA when there is one); float32 everywhere
     device: str = "cpu"
+    hf_cache_dir: str | None = None
     _loaded: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def where(self) -> str:
+        return self.model if self.revision is None else f"{self.model}@{self.revision}"
+
+    def source(self):
+        """The resolved checkpoint (:func:`brainalign.features.loading.resolve_source`)."""
+        if "src" not in self._loaded:
+            from ..features.loading import resolve_source
+
+            self._loaded["src"] = resolve_source(self.model, self.revision, self.hf_cache_dir)
+        return self._loaded["src"]
+
+    def _from_pretrained(self, cls, **kw):
+        src = self.source()
+        try:
+            with _quiet_loading():
+                return cls.from_pretrained(src.load_from, revision=src.load_revision, trust_remote_code=self.trust_remote_code,
+                                           cache_dir=None if src.local else self.hf_cache_dir, **kw)
+        except (OSError, ValueError) as exc:
+            raise ValidationError(f"internal states: cannot load {self.where}: {exc}") from None
 
     def causal_lm(self):
         """The checkpoint as a causal LM (safetensors weights, float32, on ``device``), loaded once."""
         if "lm" not in self._loaded:
             from transformers import AutoModelForCausalLM
 
-            with _quiet_loading():
-                lm = AutoModelForCausalLM.from_pretrained(
-                    self.model, revision=self.revision, use_safetensors=True, dtype="float32",
-                    trust_remote_code=self.trust_remote_code).eval()
             from ..features.loading import resolve_device
 
+            lm = self._from_pretrained(AutoModelForCausalLM, use_safetensors=True, dtype="float32").eval()
             self._loaded["lm"] = lm.to(resolve_device(self.device, "float32")[0])
         return self._loaded["lm"]
 
@@ -98,25 +118,34 @@ class CheckpointContext:
         if "base" not in self._loaded:
             from transformers import AutoModel
 
-            with _quiet_loading():
-                self._loaded["base"] = AutoModel.from_pretrained(
-                    self.model, revision=self.revision, use_safetensors=True,
-                    trust_remote_code=self.trust_remote_code).eval()
+            self._loaded["base"] = self._from_pretrained(AutoModel, use_safetensors=True).eval()
         return self._loaded["base"]
 
     def is_causal(self) -> bool:
         if "causal" not in self._loaded:
-            from .internal import is_causal_lm
+            from transformers import AutoConfig
 
-            self._loaded["causal"] = is_causal_lm(self.model, revision=self.revision, trust_remote_code=self.trust_remote_code)
+            from ..features.loading import model_kind
+
+            conf = self._from_pretrained(AutoConfig)
+            self._loaded["causal"] = model_kind(conf) == "causal"
         return self._loaded["causal"]
 
     def tokenizer(self):
+        """The checkpoint's tokenizer (for a Trainer-style ``run/checkpoint-N`` folder without
+        one, the run folder's)."""
         if "tok" not in self._loaded:
             from transformers import AutoTokenizer
 
-            self._loaded["tok"] = AutoTokenizer.from_pretrained(self.model, revision=self.revision,
-                                                                trust_remote_code=self.trust_remote_code)
+            from ..features.loading import tokenizer_folder
+
+            src = self.source()
+            try:
+                self._loaded["tok"] = AutoTokenizer.from_pretrained(
+                    tokenizer_folder(src), revision=src.load_revision, trust_remote_code=self.trust_remote_code,
+                    cache_dir=None if src.local else self.hf_cache_dir)
+            except (OSError, ValueError) as exc:
+                raise ValidationError(f"internal states: cannot load the tokenizer of {self.where}: {exc}") from None
         return self._loaded["tok"]
 
     def training_log(self) -> tuple[dict | None, dict | None]:
@@ -125,27 +154,38 @@ class CheckpointContext:
         if "log" not in self._loaded:
             from .memorisation import find_training_log, read_training_log
 
-            path = find_training_log(self.model) if self.revision is None and Path(self.model).is_dir() else None
+            src = self.source()
+            folder = Path(src.load_from) if src.local else None
+            path = find_training_log(folder) if folder is not None else None
             data = read_training_log(path) if path is not None else None
-            name = Path(self.model).name
-            rec = next((r for r in data["checkpoints"] if r["name"] == name), None) if data else None
+            rec = next((r for r in data["checkpoints"] if r["name"] == folder.name), None) if data else None
             self._loaded["log"] = (data, rec)
         return self._loaded["log"]
 
 
 @dataclass(frozen=True)
 class StateMetric:
-    """One internal-state metric a sweep stores (see the module docstring)."""
+    """One internal-state metric a sweep stores (see the module docstring).
+
+    ``variables``: store variable -> (dims beyond ``checkpoint``, dtype); a dim is
+    ``layer`` (values for the sweep's layers, in the plan's order) or one of the metric's
+    own axes, whose lengths ``axes(settings)`` gives. ``curves``: the variables that are
+    curves over training (phase-detected, in the report; default: every variable with no
+    dims). ``loads_model``: whether ``compute`` reads the weights (a sweep then fetches
+    them first, and refuses ``executor.stages: separate``)."""
 
     name: str
-    #: store variable -> (dims beyond ``checkpoint``, dtype)
     variables: Variables
     compute: Callable[[CheckpointContext], dict[str, Any]]
-    #: axis -> its length, from the run config's settings of the metric
     axes: Callable[[Mapping[str, Any]], dict[str, int]] = lambda settings: {}
     #: called before any work with the checkpoints' contexts (the last checkpoint's first); raises ValidationError
     check: Callable[[list[CheckpointContext]], None] | None = None
     description: str = ""
+    curves: tuple[str, ...] | None = None
+    loads_model: bool = True
+
+    def curve_variables(self) -> list[str]:
+        return list(self.curves) if self.curves is not None else [v for v, (dims, _) in self.variables.items() if not dims]
 
 
 # -- weight norm ---------------------------------------------------------------------------
@@ -179,7 +219,7 @@ def _memorisation(ctx: CheckpointContext) -> dict[str, Any]:
 def _check_memorisation(ctxs: list[CheckpointContext]) -> None:
     if not any(c.training_log()[0] is not None for c in ctxs):
         raise ValidationError(f"internal_states: memorisation reads the training_log.json that brainalign train-tiny "
-                              f"writes beside its checkpoints; {ctxs[0].model} has none (drop memorisation, or sweep "
+                              f"writes beside its checkpoints; {ctxs[0].where} has none (drop memorisation, or sweep "
                               "a train-tiny run)")
 
 
@@ -231,10 +271,14 @@ def llc_data(ctx: CheckpointContext) -> tuple[np.ndarray, np.ndarray | None, str
 
 
 def _llc(ctx: CheckpointContext) -> dict[str, Any]:
+    """The LLC of the checkpoint (see :func:`llc_data` for what it is measured on)."""
     from .llc import estimate_llc
 
     x, positions, _ = llc_data(ctx)
     est = estimate_llc(ctx.causal_lm(), x, llc_settings(ctx.settings.get("llc") or {}), loss_positions=positions)
+    if not bool(est["settled"].all()):
+        log.warning("LLC of %s: %d of %d chains did not settle (the loss traces are in llc_trace)", ctx.where,
+                    int((~est["settled"]).sum()), est.sizes["chain"])
     return {"llc": float(est["llc"]), "llc_std": float(est["llc_std"]), "llc_init_loss": float(est["init_loss"]),
             "llc_chain": est["llc_chain"].values, "llc_settled": est["settled"].values,
             "llc_trace": est["loss_trace"].values}
@@ -248,10 +292,17 @@ def _check_llc(ctxs: list[CheckpointContext]) -> None:
     except ImportError as exc:
         raise ValidationError(f"internal_states: llc: {exc}") from None
     ctx = ctxs[0]
-    llc_settings(ctx.settings.get("llc") or {})  # raises on bad settings
+    s = llc_settings(ctx.settings.get("llc") or {})  # raises on bad settings
     if not ctx.is_causal():
         raise ValidationError(f"internal_states: llc needs a causal language model (its loss is the next-token "
-                              f"loss); {ctx.model} is not one")
+                              f"loss); {ctx.where} is not one")
+    if s.restrict:
+        from devinterp.slt.weight_restrictions import create_param_masks
+
+        try:
+            create_param_masks(ctx.causal_lm(), s.restrict)
+        except (ValueError, KeyError) as exc:
+            raise ValidationError(f"llc.restrict: {s.restrict!r}: {exc}") from None
     n = int((ctx.settings.get("llc") or {}).get("batch_size", 32))
     x, _, what = llc_data(ctx)
     if len(x) < n:
@@ -270,10 +321,11 @@ STATE_METRICS: dict[str, StateMetric] = {
         {"llc": ((), "float32"), "llc_std": ((), "float32"), "llc_init_loss": ((), "float32"),
          "llc_chain": (("chain",), "float32"), "llc_settled": (("chain",), "bool"),
          "llc_trace": (("chain", "draw"), "float32")},
-        _llc, axes=_llc_axes, check=_check_llc,
+        _llc, axes=_llc_axes, check=_check_llc, curves=("llc",),
         description="local learning coefficient (devinterp SGLD) with its chains' loss traces"),
     "memorisation": StateMetric(
         "memorisation", {v: ((), "float32") for v in _MEMORISATION}, _memorisation, check=_check_memorisation,
+        loads_model=False,
         description="training and held-out loss and accuracy, and their gaps, from train-tiny's training log"),
     "weight_norm": StateMetric("weight_norm", {"weight_norm": ((), "float32")}, _weight_norm,
                                description="L2 norm of all parameters"),
@@ -287,12 +339,26 @@ def _metrics(names) -> list[StateMetric]:
     return [STATE_METRICS[n] for n in names]
 
 
-def state_variables(names) -> Variables:
-    """The store variables of the metrics ``names``: name -> (dims beyond checkpoint, dtype)."""
+def state_variables(names, reserved=()) -> Variables:
+    """The store variables of the metrics ``names``: name -> (dims beyond checkpoint, dtype).
+    ``reserved``: names the store already has (a metric may not take one)."""
     out: Variables = {}
     for m in _metrics(names):
+        taken = sorted(set(m.variables) & (set(out) | set(reserved)))
+        if taken:
+            raise ValidationError(f"internal state {m.name!r}: its variables {taken} are already in the store")
         out.update(m.variables)
     return out
+
+
+def loads_model(names) -> list[str]:
+    """The metrics of ``names`` that read the checkpoint's weights."""
+    return [m.name for m in _metrics(names) if m.loads_model]
+
+
+def curve_variables(names) -> list[str]:
+    """The stored variables of ``names`` that are curves over training."""
+    return [v for m in _metrics(names) for v in m.curve_variables()]
 
 
 def state_axes(names, settings: Mapping[str, Any]) -> dict[str, int]:

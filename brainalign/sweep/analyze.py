@@ -623,11 +623,18 @@ def _circuit_states(plan, ckpts, texts: list[str], tokens: dict) -> xr.Dataset |
     return heads[[v for v in heads.data_vars if "head" not in heads[v].dims]]
 
 
+def _analysis_config(cfg: Mapping) -> dict:
+    """The store's config as the analysis plans with it: without ``downstream`` (the
+    results' files need not be here) and ``internal_states`` (stored already; their
+    extras, training logs or a metric registered in the sweep's process need not be here)."""
+    return {k: v for k, v in cfg.items() if k not in ("downstream", "internal_states", "llc")}
+
+
 def _compute_states(res: xr.Dataset, cfg: dict, max_words: int) -> xr.Dataset | None:
     from .. import features
     from ..dynamics import internal
 
-    cfg = {k: v for k, v in cfg.items() if k != "downstream"}  # the results' files need not be here
+    cfg = _analysis_config(cfg)
     try:
         plan = make_plan(cfg)
         ds = plan.dataset()
@@ -731,9 +738,9 @@ def state_curves(states: xr.Dataset | None, res: xr.Dataset) -> dict[str, xr.Dat
             da = da.mean("layer") if how == "mean" else da.max("layer")
         out[name] = da
     named = {var for var, (name, _) in STATE_CURVES.items() if name in out}
-    stored = (res.attrs.get("internal_states") or {}).get("variables") or {}
-    for var, dims in stored.items():  # a metric with no STATE_CURVES entry: under its variable's name
-        if not dims and var not in named and var in done.data_vars:
+    info = res.attrs.get("internal_states") or {}
+    for var in info.get("curves") or []:  # a metric with no STATE_CURVES entry: under its variable's name
+        if var not in named and var in done.data_vars and done[var].dims == ("checkpoint",):
             out.setdefault(var, done[var].astype(float))
     if "lm_loss" in done:
         out[LM_LOSS_CURVE] = done["lm_loss"].astype(float)
@@ -782,7 +789,7 @@ def training_description(res: xr.Dataset, cfg: Mapping) -> dict | None:
         from .config import load_config
         from .run import load_dataset
 
-        ds = load_dataset(load_config({k: v for k, v in cfg.items() if k != "downstream"}))
+        ds = load_dataset(load_config(_analysis_config(cfg)))
         stories = {name: st.words for name, st in ds.stories.items()}
     except Exception as exc:  # noqa: BLE001 - the dataset may not be on this machine; say what is known
         log.warning("the sweep's stories are not available to compare with the training corpus: %s", exc)

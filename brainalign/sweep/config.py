@@ -19,7 +19,7 @@ Example::
     weights: {disk_budget: 30GB}       # hub revisions freed after use (keep: true keeps them); mirror:, prefetch:
     downstream: evals/                 # lm-evaluation-harness results (or a CSV, or a list); optional:
                                        # {path: evals/, metric: acc, tokens_per_step: 2097152}
-    internal_states: [llc, memorisation, weight_norm]   # stored per checkpoint (dynamics.states)
+    internal_states: [llc, weight_norm]  # stored per checkpoint (dynamics.states); memorisation: train-tiny runs
     llc: {draws: 100, chains: 2}       # the LLC's SGLD settings (dynamics.llc.LLCSettings) and data
 """
 

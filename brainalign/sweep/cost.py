@@ -202,9 +202,21 @@ def sweep_size(plan) -> SweepSize:
         weight_bytes=weight_bytes, feature_value_bytes=2 if cfg.features.float16 else 4, delays=len(cfg.encoding.delays),
         n_folds=int(cfg.encoding.n_folds), n_alphas=len(cfg.encoding.alpha_values()), groups=list(groups.values()),
         stats=cfg.stats.test, download=any(c.revision is not None for c in plan.checkpoints),
-        llc_tokens=(cfg.llc.chains * cfg.llc.draws * cfg.llc.batch_size * cfg.llc.seq_len
-                    if "llc" in cfg.internal_states else 0),
+        llc_tokens=_llc_tokens(plan),
     )
+
+
+def _llc_tokens(plan) -> int:
+    """Tokens of one checkpoint's LLC chains: chains x draws x batch x the length of the
+    sequences it is measured on (a task model's own, else ``llc.seq_len``); 0 without it."""
+    cfg = plan.config
+    if "llc" not in cfg.internal_states:
+        return 0
+    from ..dynamics.states import llc_data
+    from .run import _state_context
+
+    x, _, _ = llc_data(_state_context(cfg, plan.dataset(), plan.checkpoints[-1]))
+    return int(cfg.llc.chains * cfg.llc.draws * cfg.llc.batch_size * x.shape[1])
 
 
 def _task_seconds(plan, layers: list[int], folder) -> float:

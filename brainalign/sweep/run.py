@@ -286,7 +286,7 @@ def make_plan(config: RunConfig | str | Path | dict, dataset=None) -> Plan:
     _check_states(cfg, ds, checkpoints)
     layers = cfg.resolve_layers(n_layers)
     roi_names = _roi_names(cfg, subjects, targets)
-    return Plan(
+    plan = Plan(
         config=cfg,
         checkpoints=checkpoints,
         layers=layers,
@@ -300,10 +300,8 @@ def make_plan(config: RunConfig | str | Path | dict, dataset=None) -> Plan:
         projection=targets.projection,
         loaded=ds,
     )
-
-
-#: internal states that load the checkpoint's weights (the others read files beside it)
-_MODEL_STATES = ("llc", "weight_norm")
+    _variables(plan)  # an internal state's variable named like a stored one is refused here
+    return plan
 
 
 def _state_context(cfg: RunConfig, ds, ckpt: Checkpoint):
@@ -312,7 +310,8 @@ def _state_context(cfg: RunConfig, ds, ckpt: Checkpoint):
 
     return CheckpointContext(model=ckpt.model, revision=ckpt.revision, trust_remote_code=cfg.model.trust_remote_code,
                              texts=[" ".join(st.words) for st in ds.stories.values()],
-                             settings={"llc": cfg.llc.model_dump()}, device=cfg.features.device)
+                             settings={"llc": cfg.llc.model_dump()}, device=cfg.features.device,
+                             hf_cache_dir=_source_cache(cfg))
 
 
 def _check_states(cfg: RunConfig, ds, checkpoints: list[Checkpoint]) -> None:
@@ -379,7 +378,9 @@ def _check_options(cfg: RunConfig) -> None:
     if cfg.executor.stages == "separate" and not cfg.features.cache:
         raise ValidationError("executor.stages: 'separate' hands the features to the fits through the feature cache: "
                               "features.cache is false")
-    loads = [n for n in cfg.internal_states if n in _MODEL_STATES]
+    from ..dynamics.states import loads_model
+
+    loads = loads_model(cfg.internal_states)
     if cfg.executor.stages == "separate" and loads:
         raise ValidationError(f"internal_states: {', '.join(loads)} load the model in the fits stage, which with "
                               "executor.stages: 'separate' has no weights; use stages: together")
@@ -497,7 +498,7 @@ def _variables(plan: Plan) -> dict[str, tuple[tuple[str, ...], str]]:
     from ..dynamics.states import state_variables
 
     fitted = fit_variables(stats=plan.config.stats.test != "none", rois=True, ceiling=False)
-    states = state_variables(plan.config.internal_states)
+    states = state_variables(plan.config.internal_states, reserved=[*fitted, *SWEEP_VARIABLES, "ceiling"])
     return {**{name: (("checkpoint", *v.dims), v.dtype) for name, v in fitted.items()}, **SWEEP_VARIABLES,
             **{name: (("checkpoint", *dims), dtype) for name, (dims, dtype) in states.items()}}
 
@@ -514,8 +515,12 @@ _LABELLED_AXES = {"layer": lambda plan: plan.layers, "subject": lambda plan: pla
                   "roi": lambda plan: plan.rois}
 #: the store's other axes and their lengths: a result fills them from the start (NaN after)
 _SIZED_AXES = {"target": lambda plan: plan.n_targets, "boot": lambda plan: BOOTSTRAP["n_boot"],
-               "term": lambda plan: _n_terms(plan), "chain": lambda plan: _state_axes(plan)["chain"],
-               "draw": lambda plan: _state_axes(plan)["draw"]}
+               "term": lambda plan: _n_terms(plan)}
+
+
+def _axis_length(plan: Plan, dim: str) -> int:
+    """The length of a sized store axis: :data:`_SIZED_AXES`, else an internal state's own (``chain``, ``draw``)."""
+    return _SIZED_AXES[dim](plan) if dim in _SIZED_AXES else _state_axes(plan)[dim]
 
 
 def _placed(plan: Plan, da: xr.DataArray, dims: tuple[str, ...], dtype: str) -> np.ndarray:
@@ -537,7 +542,7 @@ def _placed(plan: Plan, da: xr.DataArray, dims: tuple[str, ...], dtype: str) -> 
         else:
             src.append(np.arange(da.sizes[d]))
             dst.append(np.arange(da.sizes[d]))
-            shape.append(_SIZED_AXES[d](plan))
+            shape.append(_axis_length(plan, d))
     out = np.full(shape, False if dtype == "bool" else np.nan, dtype=dtype)
     out[np.ix_(*dst)] = da.values[np.ix_(*src)].astype(dtype)
     return out
@@ -815,35 +820,41 @@ def _create_store(plan: Plan, store: ResultsStore, force: bool) -> None:
 
 def _states_attrs(plan: Plan) -> dict:
     """What the stored internal states are and how they were computed (store attribute ``internal_states``)."""
-    from ..dynamics.states import STATE_METRICS, llc_data
+    from ..dynamics.states import STATE_METRICS, curve_variables, llc_data
 
     cfg = plan.config
     out = {"computed": list(cfg.internal_states),
            "descriptions": {n: STATE_METRICS[n].description for n in cfg.internal_states},
-           "variables": {v: list(dims) for n in cfg.internal_states for v, (dims, _) in STATE_METRICS[n].variables.items()}}
+           "variables": {v: list(dims) for n in cfg.internal_states for v, (dims, _) in STATE_METRICS[n].variables.items()},
+           "curves": curve_variables(cfg.internal_states)}
     if "llc" in cfg.internal_states:
         from ..dynamics.llc import SETTLE_TOL
+        from ..features.loading import resolve_device
 
         ctx = _state_context(cfg, plan.dataset(), plan.checkpoints[-1])
-        out["llc"] = {"settings": cfg.llc.model_dump(), "settle_tol": SETTLE_TOL, "data": llc_data(ctx)[2]}
+        # SGLD draws differ between devices: a sweep resumed on another device mixes random streams
+        out["llc"] = {"settings": cfg.llc.model_dump(), "settle_tol": SETTLE_TOL, "data": llc_data(ctx)[2],
+                      "device": str(resolve_device(cfg.features.device, "float32")[0])}
     return out
 
 
 def _states_region(plan: Plan, index: int, before_load) -> dict:
     """The internal states of checkpoint ``index``, shaped to the store (``before_load``
     first when one of them loads the weights)."""
-    from ..dynamics.states import compute_states
+    from ..dynamics.states import compute_states, loads_model
 
     cfg = plan.config
     if not cfg.internal_states:
         return {}
-    if before_load is not None and any(n in _MODEL_STATES for n in cfg.internal_states):
+    if before_load is not None and loads_model(cfg.internal_states):
         before_load()
     vals = compute_states(cfg.internal_states, _state_context(cfg, plan.dataset(), plan.checkpoints[index]))
     out = {}
     for name, (dims, dtype) in _variables(plan).items():
         if name in vals:
             da = xr.DataArray(np.asarray(vals[name]), dims=dims[1:])
+            if "layer" in da.dims:  # values in the plan's layer order
+                da = da.assign_coords(layer=plan.layers[: da.sizes["layer"]])
             out[name] = (dims[1:], _placed(plan, da, dims[1:], dtype))
     return out
 
