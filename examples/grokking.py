@@ -57,7 +57,7 @@ import xarray as xr
 from brainalign.dynamics.phases import detect_phases
 from brainalign.training import ModularAdditionTask, train_task
 
-#: the settings of the run (those of the test in tests/test_training_tasks.py)
+#: the settings of the run (seed-dependent: see the module docstring)
 TASK = ModularAdditionTask(p=23, train_fraction=0.85, split_swaps=True)
 TRAIN = dict(n_layers=1, hidden=64, heads=4, steps=3000, checkpoints=30, lr=3e-3, weight_decay=1.0)
 
