@@ -125,3 +125,27 @@ def test_separate_feature_tasks_on_dask_equal_in_process(tmp_path):
     with pytest.raises(ValidationError, match="features.cache is false"):
         make_plan(_config(tmp_path, "x.zarr", None, model=model, executor={"stages": "separate"},
                           features={"cache": False}))
+
+
+def test_internal_states_fetch_the_weights_their_features_did_not_need(tmp_path, mirror, hub_cache, caplog):
+    """A sweep whose features are all cached still fetches each revision for a state that
+    reads the weights (weight_norm), within the budget, and frees it after."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    revs = REVS[:3]
+    size = revision_bytes(mirror, REPO, revs[0])
+    weights = {"mirror": str(mirror), "disk_budget": 2 * size}
+    run(_config(tmp_path, "plain.zarr", revs, weights=weights), progress=False)  # features cached, weights freed
+    with caplog.at_level(logging.INFO, logger="brainalign.features.weights"):
+        res = run(_config(tmp_path, "states.zarr", revs, weights=weights, internal_states=["weight_norm"]),
+                  progress=False).results
+    assert len([r for r in caplog.records if "fetched" in r.message]) == 3
+    assert all(revision_bytes(hub_cache, REPO, r) is None for r in revs)  # freed again
+    want = []
+    for r in revs:
+        m = AutoModelForCausalLM.from_pretrained(REPO, revision=r, cache_dir=str(mirror))  # the LM head too
+        want.append(float(torch.sqrt(sum((p.detach().double() ** 2).sum() for p in m.parameters()))))
+    np.testing.assert_allclose(res["weight_norm"].values, want, rtol=1e-5)
+    assert len(set(np.round(want, 4))) == 3  # different initialisations

@@ -154,8 +154,8 @@ class CheckpointContext:
         if "log" not in self._loaded:
             from .memorisation import find_training_log, read_training_log
 
-            src = self.source()
-            folder = Path(src.load_from) if src.local else None
+            local = Path(self.model).expanduser().is_dir()  # a hub id has no log (and needs no commit lookup)
+            folder = Path(self.source().load_from) if local else None
             path = find_training_log(folder) if folder is not None else None
             data = read_training_log(path) if path is not None else None
             rec = next((r for r in data["checkpoints"] if r["name"] == folder.name), None) if data else None
