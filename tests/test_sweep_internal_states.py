@@ -282,3 +282,23 @@ def test_settled_chains_are_level_ones_whatever_their_noise():
     ok = chains_settled(np.stack([level, flat, climbing]) + noise, 1.0)
     assert ok.tolist() == [True, True, False]
     assert not chains_settled(np.full((1, 100), np.nan), 1.0)[0]
+
+
+def test_an_llc_estimate_leaves_the_callers_random_generators_alone(states_sweep):
+    import random
+
+    from transformers import AutoModelForCausalLM
+
+    from brainalign.dynamics.llc import LLCSettings, estimate_llc
+    from brainalign.dynamics.states import CheckpointContext, llc_data
+
+    folder = states_sweep.tiny.checkpoints[states_sweep.tiny.log[-1]["name"]]
+    x, positions, _ = llc_data(CheckpointContext(str(folder), None, settings={"llc": {}}))
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    random.seed(11)
+    np.random.seed(11)
+    want = (random.random(), np.random.rand())
+    random.seed(11)
+    np.random.seed(11)
+    estimate_llc(model, x, LLCSettings(draws=8), positions)
+    assert (random.random(), np.random.rand()) == want

@@ -105,6 +105,19 @@ def chains_settled(trace: np.ndarray, init_loss: float) -> np.ndarray:
     return np.isfinite(last) & (np.abs(last - prev) <= np.maximum(SETTLE_TOL * rise, 2.0 * noise))
 
 
+@contextlib.contextmanager
+def _global_rngs_kept() -> Iterator[None]:
+    """devinterp seeds numpy's and Python's global generators: the caller's are put back."""
+    import random
+
+    py, npy = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+
+
 def _dataset(sequences: np.ndarray):
     from datasets import Dataset
 
@@ -168,7 +181,7 @@ def estimate_llc(model, sequences: np.ndarray, settings: LLCSettings | None = No
     if len(ds) < s.batch_size:
         raise ValidationError(f"estimate_llc(): {len(ds)} sequences, fewer than batch_size={s.batch_size}")
     model.eval()  # no dropout; SGLD computes gradients itself
-    with warnings.catch_warnings(), torch.random.fork_rng(), _chain_bars(progress):
+    with warnings.catch_warnings(), torch.random.fork_rng(), _global_rngs_kept(), _chain_bars(progress):
         warnings.simplefilter("ignore")  # devinterp warns about its temporary output folder
         out = llc(model, ds, {}, lr=s.lr, n_beta=s.n_beta, localization=s.localization, num_chains=s.chains,
                   num_draws=s.draws, batch_size=s.batch_size, init_seed=s.seed,
