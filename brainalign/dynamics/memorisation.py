@@ -25,7 +25,8 @@ from ..errors import ValidationError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["find_training_log", "read_training_log", "memorisation_curves", "training_corpus", "story_overlap"]
+__all__ = ["find_training_log", "read_training_log", "memorisation_curves", "record_curves", "LOG_CURVES",
+           "training_corpus", "story_overlap"]
 
 LOG_NAME = "training_log.json"
 #: words per shingle when looking for a story's text in the corpus
@@ -60,6 +61,24 @@ def read_training_log(path: str | os.PathLike) -> dict:
     return dict(data)
 
 
+#: curve variable -> its key in a checkpoint's record of a train-tiny log
+LOG_CURVES = {"train_loss": "train_loss", "heldout_loss": "heldout_loss", "memorisation_gap": "gap",
+              "train_acc": "train_acc", "heldout_acc": "heldout_acc", "memorisation": "memorisation",
+              "weight_norm": "param_norm"}
+#: the curves every train-tiny log has (accuracies: task runs only)
+_EVERY_LOG = ("train_loss", "heldout_loss", "memorisation_gap")
+
+
+def record_curves(rec: Mapping[str, Any] | None) -> dict[str, float]:
+    """The :data:`LOG_CURVES` values of one checkpoint's log record (NaN where it has
+    none); ``memorisation_gap`` is held-out minus training loss when the record has no ``gap``."""
+    rec = rec or {}
+    out = {var: float(rec[key]) if rec.get(key) is not None else np.nan for var, key in LOG_CURVES.items()}
+    if rec.get("gap") is None:
+        out["memorisation_gap"] = out["heldout_loss"] - out["train_loss"]
+    return out
+
+
 def memorisation_curves(folders: Mapping[str, str | os.PathLike], tokens: Mapping[str, float] | None = None):
     """``train_loss``, ``heldout_loss`` and ``memorisation_gap`` (held-out minus training
     loss) over checkpoints, from the training logs of the checkpoint folders; for task
@@ -91,16 +110,12 @@ def memorisation_curves(folders: Mapping[str, str | os.PathLike], tokens: Mappin
     def col(key):
         return np.array([float(r[key]) if r.get(key) is not None else np.nan for r in rows])
 
-    train, held = col("train_loss"), col("heldout_loss")
-    gap = np.array([float(r["gap"]) if r.get("gap") is not None else h - t for r, t, h in zip(rows, train, held)])
+    vals = [record_curves(r) for r in rows]
     tok = col("tokens")
     if tokens is not None:
         tok = np.array([float(tokens.get(la, t)) for la, t in zip(labels, tok)])
-    data = {"train_loss": ("checkpoint", train), "heldout_loss": ("checkpoint", held), "memorisation_gap": ("checkpoint", gap)}
-    for var, key in (("train_acc", "train_acc"), ("heldout_acc", "heldout_acc"), ("memorisation", "memorisation"),
-                     ("weight_norm", "param_norm")):
-        if any(r.get(key) is not None for r in rows):  # accuracies: task runs only
-            data[var] = ("checkpoint", col(key))
+    data = {var: ("checkpoint", np.array([v[var] for v in vals])) for var, key in LOG_CURVES.items()
+            if var in _EVERY_LOG or any(r.get(key) is not None for r in rows)}
     ds = xr.Dataset(data, coords={"checkpoint": labels, "step": ("checkpoint", col("step")), "tokens": ("checkpoint", tok)})
     ds.attrs["log"] = ", ".join(map(str, logs))
     return ds

@@ -198,22 +198,15 @@ def _weight_norm(ctx: CheckpointContext) -> dict[str, Any]:
 
 
 # -- memorisation --------------------------------------------------------------------------
-_MEMORISATION = {"train_loss": "train_loss", "heldout_loss": "heldout_loss", "memorisation_gap": "gap",
-                 "train_acc": "train_acc", "heldout_acc": "heldout_acc", "memorisation": "memorisation"}
+#: the training log's curves the memorisation state stores (the weight norm is a state of its own)
+_MEMORISATION = ("train_loss", "heldout_loss", "memorisation_gap", "train_acc", "heldout_acc", "memorisation")
 
 
 def _memorisation(ctx: CheckpointContext) -> dict[str, Any]:
-    _, rec = ctx.training_log()
-    rec = rec or {}
+    from .memorisation import record_curves
 
-    def get(key):
-        v = rec.get(key)
-        return float(v) if v is not None else np.nan
-
-    out = {var: get(key) for var, key in _MEMORISATION.items()}
-    if np.isnan(out["memorisation_gap"]):
-        out["memorisation_gap"] = out["heldout_loss"] - out["train_loss"]
-    return out
+    vals = record_curves(ctx.training_log()[1])
+    return {var: vals[var] for var in _MEMORISATION}
 
 
 def _check_memorisation(ctxs: list[CheckpointContext]) -> None:

@@ -666,7 +666,7 @@ def _llc_section(ctx: _Ctx) -> Section | None:
     info = (ctx.res.attrs.get("internal_states") or {}).get("llc") or {}
     fig = plot_llc_traces(done["llc_trace"], done["llc_init_loss"], done["llc_settled"])
     settled = done["llc_settled"].values.astype(bool)
-    n_chain = int(done.sizes.get("chain", settled.shape[-1]))
+    n_chain = int(done.sizes["chain"])
     bad = [str(c) for c, ok in zip(done.checkpoint.values, settled.all(axis=1)) if not ok]
     neg = [str(c) for c, v in zip(done.checkpoint.values, done["llc"].values) if np.isfinite(v) and v < 0]
     text = []
