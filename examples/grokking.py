@@ -2,8 +2,11 @@
 ``detect_phases`` makes of it.
 
 A 1-layer, 64-wide GPT-NeoX is trained full-batch on ``a b = c`` with
-``c = (a + b) mod 23`` (``brainalign.training.ModularAdditionTask``), AdamW with weight
-decay 1.0, on 85% of the pairs; the split keeps a pair and its swap ``(b, a)`` on the
+``c = (a + b) mod 23`` (``brainalign.training.ModularAdditionTask``) on 85% of the
+pairs, AdamW at a constant lr 1e-2 with weight decay 1.0, from weight matrices 3x
+larger than the default initialisation (``init_scale=3``: a large initial weight norm
+that the decay has to shrink before the model generalises, Liu et al. 2023,
+"Omnigrok"); the split keeps a pair and its swap ``(b, a)`` on the
 same side (``split_swaps=True``), so the held-out accuracy cannot be had from
 commutativity alone: a memorising model scores 0 on the held-out pairs, and only the
 addition algorithm scores above it. The script
@@ -26,24 +29,28 @@ Run::
 The run goes to ``--workdir`` (default ``~/.cache/brainalign/examples/grokking``); a
 finished run there is reused, not retrained.
 
-Runtime, measured on 2 shared CPU cores (``time``, from scratch): about 75 s (training
-~60-70 s for 3000 full-batch steps, phase detection ~3 s).
+Runtime, measured on 2 shared CPU cores (``time``, from scratch): about 70 s (training ~65 s for 3000 full-batch steps, phase
+detection ~3 s).
 
-What it shows depends on the seed (the split and the initialisation); measured with
-3000 steps (log10 tokens of the detected main rises):
+Measured with 3000 steps over seeds 0-7 (log10 tokens of the detected main rises):
+the training accuracy rises at 4.5-4.8 (saturating by step ~200) while the held-out
+accuracy stays at 0; the held-out rise comes 1.2-2.0 decades later, every seed, to a
+held-out accuracy of 0.2-0.7 at step 3000 (0.3-0.7 at its best checkpoint). The
+weight norm falls between the two rises on most seeds (a detected fall, or a lower
+norm at the held-out rise than at the training one), not on all. The default seed
+(``--seed 0``): the training accuracy rises at 4.60 (0.97 by step 97), the held-out
+accuracy stays at 0-0.03 until step 540 and rises at 5.93 (1.33 decades later) to
+0.23-0.38; the weight norm climbs from 19.5 to 23.5 during memorisation and falls to
+18.7 as the held-out accuracy rises, 16.8 at step 3000. (Its detected "rise then
+fall" of +147/-149 at 5.61/5.62 is a spike between two checkpoints that
+``detect_phases`` reports as two transitions with a slope-scaled change.)
 
-* ``--seed 2`` (the default): textbook grokking. The training accuracy saturates by
-  step ~130 (rise at 4.8) while the held-out accuracy stays at 0 until step ~1000,
-  then climbs to 0.71 by step 3000 (rise at 6.3, 1.5 decades later); the weight norm
-  falls from ~19 to ~17 meanwhile (a detected fall at 6.24).
-* ``--seed 0``: the held-out accuracy climbs early and gradually (0.26 at step 129,
-  0.96 at step 3000, with loss spikes): its detected rise is only 0.23 decade after
-  the training one.
-* ``--seed 1``: the held-out accuracy is still 0 at step 2254 and 0.10 at step 3000
-  (not grokked yet; a rise is "detected" at the last checkpoint only).
-
-So on this CPU budget the 0.5-decade separation is not robust across seeds; Power et
-al. (2022) and Nanda et al. (2023) train 10^4-10^5 steps on p = 97-113.
+What this recipe does not give on this budget: perfect generalisation (the held-out
+accuracy plateaus well below 1 and wobbles: the constant lr 1e-2 makes loss spikes in
+which the training accuracy briefly drops), and the classic setting (p = 97-113, 30-50%
+of the pairs, 10^4-10^5 steps; Power et al. 2022, Nanda et al. 2023). Without
+``init_scale`` (lr 3e-3) the held-out rise depended on the seed: early and gradual on
+one, textbook on another, not yet by step 3000 on a third.
 """
 
 from __future__ import annotations
@@ -57,9 +64,9 @@ import xarray as xr
 from brainalign.dynamics.phases import detect_phases
 from brainalign.training import ModularAdditionTask, train_task
 
-#: the settings of the run (seed-dependent: see the module docstring)
+#: the settings of the run (the recipe of the module docstring)
 TASK = ModularAdditionTask(p=23, train_fraction=0.85, split_swaps=True)
-TRAIN = dict(n_layers=1, hidden=64, heads=4, steps=3000, checkpoints=30, lr=3e-3, weight_decay=1.0)
+TRAIN = dict(n_layers=1, hidden=64, heads=4, steps=3000, checkpoints=30, lr=1e-2, weight_decay=1.0, init_scale=3.0)
 
 
 def curve(log: list[dict], key: str) -> xr.DataArray:
@@ -77,7 +84,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "grokking.png"))
     ap.add_argument("--workdir", default=str(Path.home() / ".cache" / "brainalign" / "examples" / "grokking"))
-    ap.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
     run = train_task(TASK, Path(args.workdir) / f"seed{args.seed}", seed=args.seed, **TRAIN)

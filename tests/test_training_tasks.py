@@ -59,6 +59,60 @@ def test_modular_addition_is_memorised_before_it_generalises(tmp_path):
                                                                 "split_swaps": False, "name": "modular"}
 
 
+#: the grokking recipe of examples/grokking.py: a pair and its swap on the same side (so
+#: memorising scores 0 on the held-out pairs), weights started 3x larger than the default
+#: initialisation and decayed hard (Liu et al. 2023), a constant learning rate
+GROK_TASK = ModularAdditionTask(p=23, train_fraction=0.85, split_swaps=True)
+GROK_TRAIN = dict(n_layers=1, hidden=64, heads=4, steps=3000, checkpoints=30, lr=1e-2, weight_decay=1.0, init_scale=3.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_modular_addition_groks_held_out_accuracy_rises_long_after_training_accuracy(tmp_path, seed):
+    from brainalign.dynamics.phases import detect_phases
+
+    log = train_task(GROK_TASK, tmp_path / "grok", seed=seed, **GROK_TRAIN).log
+    chance = 1 / GROK_TASK.p
+    assert log[0]["train_acc"] < 3 * chance and log[0]["heldout_acc"] < 3 * chance
+    # memorised: the training pairs are answered while the held-out ones are not
+    assert any(r["train_acc"] > 0.9 and r["heldout_acc"] < chance for r in log)
+    # then generalised: held out well above what memorising gives (0) and above chance
+    assert np.mean([r["heldout_acc"] for r in log[-5:]]) > 3 * chance
+    rises = {}
+    for key in ("train_acc", "heldout_acc"):
+        ph = detect_phases(_curve(log, key), x="tokens", name=key)
+        ups = [t for t in ph.transitions if t.change > 0 and t.p < 0.05]
+        assert ups, ph.summary()
+        rises[key] = max(ups, key=lambda t: t.change).log_at
+    # in that order, at least half a decade of training tokens apart
+    assert rises["heldout_acc"] - rises["train_acc"] >= 0.5, rises
+
+
+def test_init_scale_multiplies_the_initial_weight_matrices(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    kw = dict(n_layers=1, hidden=16, heads=2, steps=1, checkpoints=2)
+    plain = train_task(ModularAdditionTask(p=7), tmp_path / "plain", **kw)
+    big = train_task(ModularAdditionTask(p=7), tmp_path / "big", init_scale=2.5, **kw)
+    a, b = (dict(AutoModelForCausalLM.from_pretrained(r.checkpoints[r.log[0]["name"]]).named_parameters())
+            for r in (plain, big))
+    assert a.keys() == b.keys()
+    for name in a:
+        want = 2.5 * a[name] if a[name].dim() > 1 else a[name]  # matrices scaled; LayerNorm gains and biases not
+        assert torch_allclose(b[name], want), name
+    cfg = lambda r: json.loads((r.out_dir / "training_log.json").read_text())["config"]
+    assert cfg(big)["init_scale"] == 2.5 and "init_scale" not in cfg(plain)  # older runs keep their settings
+    for bad in (0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValidationError, match="init_scale must be a positive number"):
+            train_task(ModularAdditionTask(p=7), tmp_path / "bad", init_scale=bad, **kw)
+    assert not (tmp_path / "bad").exists()
+
+
+def torch_allclose(x, y):
+    import torch
+
+    return torch.allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
 def test_modular_addition_split_keeps_swaps_together():
     """split_swaps: (a, b) and (b, a) on the same side, so commutativity gives nothing
     away; the default split is the random one it always was."""
@@ -99,9 +153,17 @@ def test_cli_trains_a_task_and_refuses_a_corpus_for_it(tmp_path, capsys):
 
     out = tmp_path / "mod"
     assert main(["train-tiny", "--task", "modular", "-o", str(out), "--steps", "4", "--checkpoints", "3",
-                 "--layers", "1", "--hidden", "16", "--heads", "2"]) == 0
+                 "--layers", "1", "--hidden", "16", "--heads", "2", "--init-scale", "3", "--weight-decay", "0.5"]) == 0
     printed = capsys.readouterr().out
     assert "held-out acc" in printed and (out / "checkpoint-4" / "model.safetensors").is_file()
+    config = json.loads((out / "training_log.json").read_text())["config"]
+    assert config["init_scale"] == 3.0 and config["weight_decay"] == 0.5
+    assert main(["train-tiny", "--task", "modular", "-o", str(tmp_path / "m2"), "--steps", "2", "--checkpoints", "2",
+                 "--layers", "1", "--hidden", "16", "--heads", "2"]) == 0
+    assert json.loads((tmp_path / "m2" / "training_log.json").read_text())["config"]["weight_decay"] == 1.0
+    capsys.readouterr()
+    assert main(["train-tiny", "corpus.txt", "--init-scale", "2", "-o", str(tmp_path / "t")]) == 2
+    assert "--init-scale applies to --task induction/modular" in capsys.readouterr().err
     assert main(["train-tiny", "corpus.txt", "--task", "induction", "-o", str(tmp_path / "x")]) == 2
     assert "takes no corpus" in capsys.readouterr().err
     assert main(["train-tiny", "-o", str(tmp_path / "y")]) == 2

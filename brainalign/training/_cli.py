@@ -14,7 +14,8 @@ def _train_task(args: argparse.Namespace) -> int:
     run = train_task(
         args.task, args.out, n_layers=args.layers, hidden=args.hidden, heads=args.heads, steps=args.steps,
         batch_size=args.batch_size, checkpoints=args.checkpoints, lr=args.lr, seed=args.seed, overwrite=args.overwrite,
-        **({"weight_decay": 1.0} if args.task == "modular" else {}),
+        weight_decay=(1.0 if args.task == "modular" else 0.1) if args.weight_decay is None else args.weight_decay,
+        init_scale=args.init_scale,
     )
     print(f"{'checkpoint':>18} {'tokens':>12} {'train acc':>9} {'held-out acc':>12} {'memorisation':>12} {'|θ|':>7}")
     for r in run.log:
@@ -33,6 +34,8 @@ def _train_tiny(args: argparse.Namespace) -> int:
         return _train_task(args)
     if args.corpus is None:
         raise ValidationError("train-tiny: a corpus (.txt file or folder) is needed for --task text")
+    if args.init_scale != 1:
+        raise ValidationError(f"train-tiny --init-scale applies to --task induction/modular, not to --task text (got {args.init_scale})")
     run = train_tiny(
         args.corpus,
         args.out,
@@ -47,6 +50,7 @@ def _train_tiny(args: argparse.Namespace) -> int:
         seed=args.seed,
         vocab_size=args.vocab_size,
         overwrite=args.overwrite,
+        **({} if args.weight_decay is None else {"weight_decay": args.weight_decay}),
     )
     print(f"{'checkpoint':>18} {'tokens':>12} {'train':>7} {'held-out':>8} {'gap':>6} {'|θ|':>7}")
     for r in run.log:
@@ -71,6 +75,11 @@ def register_train_tiny(subparsers) -> None:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="AdamW weight decay (default: 1.0 for modular, 0.1 for induction, 0.01 for text)")
+    p.add_argument("--init-scale", type=float, default=1.0,
+                   help="multiply the initial weight matrices by this for --task induction/modular; with a large "
+                        "weight decay, 3 makes grokking robust (default: %(default)s)")
     p.add_argument("--vocab-size", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace another run's checkpoints in the folder")

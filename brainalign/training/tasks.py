@@ -123,12 +123,16 @@ class ModularAdditionTask:
     memorising model scores 0 on the held-out pairs (each answer it has seen with
     ``a`` belongs to another ``b``), and only the addition algorithm scores above it.
 
-    On a CPU budget (a few thousand full-batch steps) the held-out rise is fragile:
-    with ``p=23, train_fraction=0.85, split_swaps=True``, a 1-layer 64-wide model,
-    lr 3e-3 and weight decay 1.0, the training accuracy saturates by step ~100 and
-    the held-out accuracy reached 0.96 by step 3000 with one seed but was still 0.1
-    with another; smaller training fractions (0.4-0.7) were memorised and not
-    generalised within 3000 steps (examples/grokking.py)."""
+    On a CPU budget (3000 full-batch steps, about a minute) grokking is robust with
+    ``p=23, train_fraction=0.85, split_swaps=True``, a 1-layer 64-wide model, lr 1e-2,
+    weight decay 1.0 and ``init_scale=3`` (:func:`train_task`): over seeds 0-7 the
+    training accuracy rose at 10^4.5-10^4.8 tokens while the held-out accuracy stayed
+    near 0, and the held-out rise came 1.2-2.0 decades later, to a held-out accuracy of
+    0.2-0.7 by step 3000 (not 1: longer runs are needed for that). With the default
+    initialisation and lr 3e-3 the held-out rise depended on the seed, and smaller
+    training fractions (0.4-0.7) were memorised and not generalised within 3000 steps
+    (examples/grokking.py). The defaults here (``p=53``, 40%) are the classic setting,
+    which needs far longer training."""
 
     p: int = 53
     train_fraction: float = 0.4
@@ -234,6 +238,7 @@ def train_task(
     lr: float = 1e-3,
     weight_decay: float = 0.1,
     warmup: int = 10,
+    init_scale: float = 1.0,
     seed: int = 0,
     threads: int | None = 1,
     overwrite: bool = False,
@@ -241,7 +246,13 @@ def train_task(
     """Train a tiny GPT-NeoX on a synthetic task (see the module docstring), saving
     ``checkpoints`` log-spaced checkpoints (step 0 included). AdamW with a linear
     warm-up over ``warmup`` steps, then a constant rate (grokking needs a long flat
-    schedule). A finished run with the same settings in ``out_dir`` is reused."""
+    schedule). ``init_scale`` multiplies every weight matrix (the parameters with more
+    than one dimension; not the LayerNorm gains or the biases) after initialisation: a
+    large initial weight norm with weight decay makes a model memorise first and
+    generalise only once the decay has shrunk the weights (Liu et al. 2023,
+    "Omnigrok"), which is what makes grokking robust on a CPU budget
+    (examples/grokking.py). A finished run with the same settings in ``out_dir`` is
+    reused."""
     import torch
     from tqdm.auto import tqdm
 
@@ -253,6 +264,10 @@ def train_task(
     config = {"task": {"kind": task.name, **asdict(task)}, "loss": task.loss, "n_layers": n_layers, "hidden": hidden, "heads": heads,
               "intermediate": intermediate, "steps": steps, "batch_size": batch_size, "checkpoints": checkpoints,
               "lr": lr, "weight_decay": weight_decay, "warmup": warmup, "seed": seed}
+    if not (math.isfinite(init_scale) and init_scale > 0):
+        raise ValidationError(f"train_task: init_scale must be a positive number, got {init_scale!r}")
+    if init_scale != 1:  # only then, so that the runs trained before the option keep their settings
+        config["init_scale"] = float(init_scale)
     reused = prepare_run_folder(out, config, overwrite)
     if reused is not None:
         return reused
@@ -264,6 +279,11 @@ def train_task(
         data = task.data(seed)
         model = tiny_gpt_neox(len(tokenizer), n_layers, hidden, heads, task.seq_len, intermediate=intermediate, seed=seed,
                               eos_token_id=tokenizer.convert_tokens_to_ids(_EOS))
+        if init_scale != 1:
+            with torch.no_grad():
+                for w in model.parameters():
+                    if w.dim() > 1:
+                        w.mul_(init_scale)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup)))
         save_at, records = set(checkpoint_steps(steps, checkpoints)), []
