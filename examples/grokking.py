@@ -26,8 +26,9 @@ Run::
     MPLBACKEND=Agg .venv/bin/python examples/grokking.py
     .venv/bin/python examples/grokking.py --out /tmp/grokking.png --seed 1
 
-The run goes to ``--workdir`` (default ``~/.cache/brainalign/examples/grokking``); a
-finished run there is reused, not retrained.
+The run goes to a folder named after the recipe and the seed under ``--workdir``
+(default ``~/.cache/brainalign/examples/grokking``); a finished run there is reused,
+not retrained (``--overwrite`` retrains it).
 
 Runtime, measured on 2 shared CPU cores (``time``, from scratch): about 70 s (training ~65 s for 3000 full-batch steps, phase
 detection ~3 s).
@@ -85,9 +86,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "docs" / "grokking.png"))
     ap.add_argument("--workdir", default=str(Path.home() / ".cache" / "brainalign" / "examples" / "grokking"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--overwrite", action="store_true", help="retrain over another run in the run's folder")
     args = ap.parse_args(argv)
 
-    run = train_task(TASK, Path(args.workdir) / f"seed{args.seed}", seed=args.seed, **TRAIN)
+    # the recipe is in the folder's name, so a run of an earlier recipe is not in the way
+    folder = Path(args.workdir) / f"p{TASK.p}-init{TRAIN['init_scale']:g}-lr{TRAIN['lr']:g}-seed{args.seed}"
+    run = train_task(TASK, folder, seed=args.seed, overwrite=args.overwrite, **TRAIN)
     log = run.log
     phases = {k: detect_phases(curve(log, k), x="tokens", name=k) for k in ("train_acc", "heldout_acc", "param_norm")}
     for k, ph in phases.items():
