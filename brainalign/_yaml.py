@@ -6,9 +6,11 @@ Used by the run config (``brainalign.sweep.config``) and the dataset manifest
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict
@@ -120,6 +122,56 @@ def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and (part[:1].isupper() or "[" in part or part.startswith("literal") or part in ("str", "int", "float"))
 
 
+def _models_in(tp: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Optional, Union, list, dict)."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [tp]
+    return [m for a in get_args(tp) for m in _models_in(a)]
+
+
+def _is_mapping(tp: Any) -> bool:
+    """Whether an annotation is (or may be) a dict of models: its next location part is a key."""
+    if get_origin(tp) in (dict, Mapping):
+        return True
+    return any(_is_mapping(a) for a in get_args(tp))
+
+
+def _keys_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """The keys accepted where an unknown key was found (``loc``: pydantic's error
+    location, union tags included, the unknown key last), or None when not one model."""
+    cands: list[type[BaseModel]] = [model]
+    mapping = False
+    for part in loc[:-1]:
+        if isinstance(part, int):  # a list item: the same models
+            continue
+        named = [c for c in cands if c.__name__ == part]  # a union tag naming the branch tried
+        if named:
+            cands = named
+            continue
+        fields = [c.model_fields[part] for c in cands if part in c.model_fields]
+        if not fields:
+            if mapping:  # a key of a dict of models
+                mapping = False
+                continue
+            return None
+        cands = list(dict.fromkeys(m for f in fields for m in _models_in(f.annotation)))
+        mapping = any(_is_mapping(f.annotation) for f in fields)
+        if not cands:
+            return None
+    if len(cands) != 1:
+        return None
+    return [f.alias or name for name, f in cands[0].model_fields.items() if not f.exclude]
+
+
+def _unknown_key(model: type[BaseModel], loc: tuple) -> str:
+    keys = _keys_at(model, loc)
+    if not keys:
+        return "unknown key"
+    close = difflib.get_close_matches(str(loc[-1]), keys, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key ({hint}accepted: {', '.join(keys)})"
+
+
 def read_yaml_model(source: str | os.PathLike | dict, model: type[M], what: str) -> tuple[M, yaml.Node | None, str]:
     """Read ``source`` (a YAML file or a dict) and validate it as ``model``.
 
@@ -154,7 +206,7 @@ def read_yaml_model(source: str | os.PathLike | dict, model: type[M], what: str)
             key = ".".join(str(p) for p in loc) or "(top level)"
             line = line_of(root, loc)
             if err["type"] == "extra_forbidden":
-                msg = "unknown key"
+                msg = _unknown_key(model, tuple(err["loc"]))
             elif err["type"] == "value_error":  # our own validators: their message, without "Value error, "
                 msg = str(err.get("ctx", {}).get("error", err["msg"]))
             else:

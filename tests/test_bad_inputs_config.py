@@ -100,6 +100,37 @@ def test_yaml_merge_keys_and_line_numbers_still_work(tmp_path):
     assert (cfg.stats.fdr, cfg.stats.permutations, cfg.encoding.n_folds) == (0.2, 10, 3)
 
 
+def test_an_unknown_key_lists_the_accepted_ones_and_the_nearest(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("dataset: {name: simulated, n_subjects: 1}\nmodel: {name: org/model}\n"
+                    "internal_states: [llc]\nllc: {draws: 20, chians: 1}\n")
+    with pytest.raises(ValidationError) as exc:
+        load_config(path)
+    msg = str(exc.value)
+    assert (f"{path}, line 4: llc.chians: unknown key (did you mean 'chains'? accepted: lr, n_beta, localization, "
+            "chains, draws, batch_size, seed, restrict, sequences, seq_len)") in msg
+    # the dataset's own options go under options:, which the list shows
+    assert "dataset.n_subjects: unknown key (" in msg and "accepted: name, root, subjects, options)" in msg
+    # no near name: the accepted keys alone
+    with pytest.raises(ValidationError, match=r"encoding.zzz: unknown key \(accepted: [a-z_, ]*n_folds"):
+        load_config(_config(encoding={"zzz": 1}))
+
+
+def test_internal_states_may_be_one_name_and_an_unused_llc_section_is_warned_about():
+    from brainalign.sweep.config import UnusedSettingWarning
+
+    assert load_config(_config(internal_states="weight_norm")).internal_states == ["weight_norm"]
+    with pytest.warns(UnusedSettingWarning, match=r"the llc: section has no effect: 'llc' is not in internal_states "
+                                                  r"\(weight_norm\)"):
+        load_config(_config(internal_states=["weight_norm"], llc={"draws": 20}))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnusedSettingWarning)
+        load_config(_config(internal_states=["llc"], llc={"draws": 20}))
+        load_config(_config())  # no llc: section, nothing to say
+
+
 # -- 3. a path-like model name that does not exist ----------------------------------------
 @pytest.mark.parametrize("name", ["./models/tiny", "/abs/path/that/does/not/exist", "~/no/such/model", "runs/x/ckpt"])
 def test_missing_model_folder_is_named_not_sent_to_the_hub(name):

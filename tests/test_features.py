@@ -131,6 +131,31 @@ def test_alignment_errors_and_dropped_characters(minilm, caplog):
         align_words(["a"], Slow())
 
 
+def test_a_tokenizer_that_does_not_know_the_words_is_warned_about_once(minilm, caplog, monkeypatch):
+    """A task model's word-level tokenizer (train-tiny --task induction) maps every story
+    word to its unknown token: warned, once for all the stories and checkpoints; a
+    tokenizer that knows the words (MiniLM's WordPiece, which has an unknown token) is not."""
+    import brainalign.features.align as align
+    from brainalign.training.tasks import word_level_tokenizer
+
+    monkeypatch.setattr(align, "_warned_unknown", set())
+    words = "once upon a time there was a small village by the sea".split()
+    task_tok = word_level_tokenizer([f"t{i}" for i in range(32)])
+    with caplog.at_level(logging.WARNING):
+        al = align_words(words, task_tok, story="s1")
+        align_words(words, task_tok, story="s2")
+        align_words(words, word_level_tokenizer([f"t{i}" for i in range(32)]), story="s1")  # the next checkpoint's
+    assert (al.input_ids == task_tok.unk_token_id).all()
+    hits = [r for r in caplog.records if "unknown token" in r.getMessage()]
+    assert len(hits) == 1 and "story 's1': 100% of its 12 tokens" in hits[0].getMessage(), caplog.text
+    assert "no word identity" in hits[0].getMessage() and "at most the word rate" in hits[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        align_words(words, minilm[1])
+        align_words(words + ["t3"], word_level_tokenizer([*words, "t3"]))  # knows them all
+    assert "unknown token" not in caplog.text
+
+
 # -- exactness -------------------------------------------------------------------------
 def _naive_causal(model, ids):
     with torch.inference_mode():

@@ -148,3 +148,60 @@ def test_the_corpus_overlap_sentence_claims_only_what_was_checked():
     assert "partly overlapping" in partial and "30%" in partial and "holds none" not in partial
     inside = _overlap_sentence({**base, "stories_in_corpus": ["b"], "overlap": {"b": 0.9}})
     assert inside.startswith("Caution") and "b" in inside
+
+
+def _step_curve(name, mid, amp, rng, n=24):
+    """A logistic step at 10^mid training tokens (plus noise), as an xarray curve."""
+    import xarray as xr
+
+    u = np.linspace(3, 7, n)
+    y = amp / (1 + np.exp(-(u - mid) / 0.08)) + rng.normal(0, 0.01 * max(abs(amp), 1e-3), n)
+    return xr.DataArray(y, dims="checkpoint", coords={"checkpoint": [f"c{i}" for i in range(n)], "tokens": ("checkpoint", 10 ** u)},
+                        name=name)
+
+
+def test_state_transitions_are_one_table_in_training_order():
+    """The internal-states section: the transitions of every curve in one table sorted by
+    training tokens (so transitions that line up sit together), each curve's pattern, and
+    the test scheme once (not once per curve)."""
+    from brainalign.dynamics.phases import detect_phases
+    from brainalign.sweep._report import _phase_parts
+
+    rng = np.random.default_rng(0)
+    curves = {"local learning coefficient": _step_curve("llc", 5.5, 3.0, rng),
+              "held-out accuracy": _step_curve("acc", 5.55, 0.8, rng),
+              "training accuracy": _step_curve("train", 4.0, 0.9, rng),
+              "weight norm": _step_curve("norm", 5.0, 0.0, rng)}
+    phases = {k: detect_phases(c, x="tokens", name=k, n_boot=50) for k, c in curves.items()}
+    sec = Section("Internal states")
+    _phase_parts(sec, phases)
+    (t,) = sec.tables
+    # the training accuracy's step first, then the LLC's and the held-out accuracy's side by side
+    assert t["curve"].tolist() == ["training accuracy", "local learning coefficient", "held-out accuracy"], t
+    np.testing.assert_allclose(np.log10(t["at (tokens)"].astype(float)), [4.0, 5.5, 5.55], atol=0.05)
+    assert (t["p"] < 0.05).all() and t["phases"].str.contains("\u2192").all()
+    (lines,) = sec.lists
+    assert lines[-1] == "weight norm: flat (no transition passes its test)"
+    assert lines[0].startswith("local learning coefficient: flat\u2192rise")
+    assert len(sec.text) == 1 and sec.text[0].count("Tests:") == 1
+
+
+def test_cooccurrence_section_says_why_it_is_empty():
+    import xarray as xr
+
+    from brainalign.dynamics.phases import detect_phases
+    from brainalign.sweep._report import _cooccurrence_section
+
+    rng = np.random.default_rng(1)
+    states = {"local learning coefficient": detect_phases(_step_curve("llc", 5.5, 3.0, rng), x="tokens", n_boot=0)}
+    flat = {"weight norm": detect_phases(_step_curve("norm", 5.0, 0.0, rng), x="tokens", n_boot=0)}
+    empty = pd.DataFrame(columns=["roi", "transition", "tokens"])
+
+    def ctx(significant, state_phases):
+        curves = xr.Dataset({"significant": ("roi", np.array(significant))}, coords={"roi": ["L_STG", "L_AG"]})
+        return type("Ctx", (), {"a": {"cooccurrence": empty, "state_phases": state_phases}, "curves": curves})()
+
+    sec = _cooccurrence_section(ctx([False, False], states))
+    assert sec is not None and "no ROI's alignment is above chance" in sec.text[0] and not sec.tables
+    assert "no brain-alignment transition passes its test" in _cooccurrence_section(ctx([True, False], states)).text[0]
+    assert _cooccurrence_section(ctx([False, False], flat)) is None  # nothing on either side: no section

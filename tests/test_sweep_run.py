@@ -111,11 +111,24 @@ def test_sweep_results_are_complete_and_sensible(tmp_path, tiny_run):
     xr.testing.assert_identical(before, _values(sweep.path))
 
 
-def test_incompatible_rerun_is_refused(tmp_path, tiny_run):
+def test_incompatible_rerun_is_refused(tmp_path, tiny_run, capsys):
     run(_config(tmp_path, tiny_run.out_dir, model={"revisions": ["checkpoint-0", "checkpoint-1"]}), progress=False)
     other = _config(tmp_path, tiny_run.out_dir, model={"revisions": ["checkpoint-0", "checkpoint-1"]}, encoding={"n_folds": 2})
-    with pytest.raises(ValidationError, match="other settings.*--force"):
+    with pytest.raises(ValidationError, match=r"other settings \(encoding.n_folds: 3 -> 2\).*--force"):
         run(other, progress=False)
+    # the dry run refuses it the same way, naming the setting, and writes nothing
+    import yaml
+
+    from brainalign.cli import main
+
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump(other))
+    done = lambda: sorted((p.name, p.read_text()) for p in (tmp_path / "results.zarr" / ".brainalign" / "done").iterdir())
+    before = done()
+    capsys.readouterr()
+    assert main(["run", str(path), "--dry-run"]) == 2
+    assert "other settings (encoding.n_folds: 3 -> 2)" in capsys.readouterr().err
+    assert done() == before
     run(other, force=True, progress=False)
     assert Sweep(tmp_path / "results.zarr").results.attrs["config"]["encoding"]["n_folds"] == 2
 

@@ -189,15 +189,17 @@ def test_cli_trains_a_task_and_refuses_a_corpus_for_it(tmp_path, capsys):
     cfg3 = json.loads((tmp_path / "m3" / "training_log.json").read_text())["config"]["task"]
     assert cfg3 == {"kind": "modular", "p": 7, "train_fraction": 0.5, "split_swaps": True, "name": "modular"}
     assert main(["train-tiny", "--task", "induction", "--vocab-size", "12", "--seq-len", "40", "-o", str(tmp_path / "i"),
-                 "--steps", "2", "--checkpoints", "2", "--layers", "1", "--hidden", "16", "--heads", "2"]) == 0
-    cfg4 = json.loads((tmp_path / "i" / "training_log.json").read_text())["config"]["task"]
-    assert (cfg4["vocab"], cfg4["seq_len"], cfg4["kind"]) == (12, 40, "induction")
+                 "--steps", "2", "--checkpoints", "2", "--layers", "1", "--hidden", "16", "--heads", "2",
+                 "--intermediate", "8"]) == 0
+    cfg4 = json.loads((tmp_path / "i" / "training_log.json").read_text())["config"]
+    assert (cfg4["task"]["vocab"], cfg4["task"]["seq_len"], cfg4["task"]["kind"], cfg4["intermediate"]) == (12, 40, "induction", 8)
     capsys.readouterr()
     for argv, msg in ((["--task", "induction", "--modulus", "7"], "apply to --task modular only"),
                       (["--task", "modular", "--seq-len", "8"], "do not apply"),
                       (["--task", "modular", "--train-fraction", "1.5"], "--train-fraction must be in"),
                       (["--task", "modular", "--init-scale", "0"], "--init-scale must be a positive number"),
-                      (["corpus.txt", "--split-swaps"], "apply to --task modular, not to --task text")):
+                      (["corpus.txt", "--split-swaps"], "apply to --task modular, not to --task text"),
+                      (["corpus.txt", "--intermediate", "8"], "--intermediate applies to --task induction/modular")):
         assert main(["train-tiny", *argv, "-o", str(tmp_path / "bad")]) == 2, argv
         assert msg in capsys.readouterr().err, argv
     assert not (tmp_path / "bad").exists()

@@ -184,6 +184,7 @@ def internal_states(
     idx = np.sort(rng.choice(n_words, size=min(max_words, n_words), replace=False))
     C, L = len(names), len(use_layers)
     out = {k: np.full((C, L), np.nan) for k in ("cka_prev", "cka_final", "eff_dim", "twonn")}
+    skipped: dict = {}  # layer -> [(checkpoint, why)]: one warning per layer, not one per checkpoint
     for j, layer in enumerate(tqdm(use_layers, desc="internal states", unit="layer", leave=False)):
         reps = []
         for name in names:
@@ -202,7 +203,11 @@ def internal_states(
                 try:
                     out["twonn"][i, j] = twonn_dimension(X)
                 except ValidationError as exc:
-                    log.warning("TwoNN skipped for %s layer %s: %s", names[i], layer, exc)
+                    skipped.setdefault(layer, []).append((names[i], exc))
+    for layer, cells in skipped.items():
+        log.warning("TwoNN skipped for layer %s at %d of %d checkpoints (%s: %s)", layer, len(cells), C,
+                    ", ".join(c for c, _ in cells) if len(cells) <= 3 else f"{cells[0][0]} ... {cells[-1][0]}",
+                    cells[0][1])
     steps, toks = zip(*(_training_axis(getters[n][1]) for n in names))
     toks = np.array(toks, dtype=float)
     if tokens is not None:

@@ -270,8 +270,9 @@ def _llc(ctx: CheckpointContext) -> dict[str, Any]:
     x, positions, _ = llc_data(ctx)
     est = estimate_llc(ctx.causal_lm(), x, llc_settings(ctx.settings.get("llc") or {}), loss_positions=positions)
     if not bool(est["settled"].all()):
-        log.warning("LLC of %s: %d of %d chains did not settle (the loss traces are in llc_trace)", ctx.where,
-                    int((~est["settled"]).sum()), est.sizes["chain"])
+        n = est.sizes["chain"]
+        log.warning("LLC of %s: %d of %d chain%s did not settle (the loss traces are in llc_trace)", ctx.where,
+                    int((~est["settled"]).sum()), n, "s" if n != 1 else "")
     return {"llc": float(est["llc"]), "llc_std": float(est["llc_std"]), "llc_init_loss": float(est["init_loss"]),
             "llc_chain": est["llc_chain"].values, "llc_settled": est["settled"].values,
             "llc_trace": est["loss_trace"].values}

@@ -69,6 +69,34 @@ def _word_spans(words: Sequence[str]) -> tuple[str, np.ndarray, np.ndarray]:
     return " ".join(words), np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
 
 
+#: above this fraction of a story's tokens being the tokenizer's unknown token, the
+#: features do not see the words: warned once per tokenizer vocabulary
+UNKNOWN_WARN = 0.2
+_warned_unknown: set = set()
+
+
+def _check_coverage(ids: np.ndarray, tokenizer, story: str) -> None:
+    """Warn when the tokenizer does not know most of the story's words (e.g. a model
+    trained by ``train-tiny --task induction/modular``, whose vocabulary is the task's
+    symbols: every word becomes the unknown token)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:  # byte-level BPE (GPT-2, Pythia, OLMo): every text has tokens
+        return
+    frac = float(np.mean(ids == unk))
+    key = (len(tokenizer), unk)  # one warning for all the checkpoints of a run, not one per story and checkpoint
+    if frac > UNKNOWN_WARN and key not in _warned_unknown:
+        _warned_unknown.add(key)
+        log.warning(
+            "story %r: %.0f%% of its %d tokens are the tokenizer's unknown token %r (tokenizer %s, %d tokens): "
+            "the model does not see these words: its features carry no word identity (only how many words there "
+            "are and where), so its brain alignment measures at most the word rate. A model trained on a synthetic "
+            "task (train-tiny --task induction/modular) knows only the task's symbols; its internal states are "
+            "not affected.",
+            story, 100 * frac, ids.size, tokenizer.unk_token,
+            getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__, len(tokenizer),
+        )
+
+
 def align_words(words: Sequence[str], tokenizer, *, story: str = "<story>") -> Alignment:
     """Tokenize ``" ".join(words)`` with a fast tokenizer and map words to tokens.
 
@@ -95,6 +123,7 @@ def align_words(words: Sequence[str], tokenizer, *, story: str = "<story>") -> A
     offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
     if ids.size == 0:
         raise ValidationError(f"story {story!r}: the tokenizer produced no tokens")
+    _check_coverage(ids, tokenizer, story)
     # owner[c] = last token covering character c (tokens come in text order)
     owner = np.full(len(text) + 1, -1, dtype=np.int64)
     first_owner = np.full(len(text) + 1, -1, dtype=np.int64)

@@ -33,7 +33,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     """Validate the config and print what ``brainalign run`` would do, without doing it."""
     from .config import load_config
     from .executors import executor
-    from .run import make_plan
+    from .run import _reuse_store, make_plan
     from .store import ResultsStore
 
     cfg = load_config(args.config).with_executor(args.executor, args.workers)
@@ -45,8 +45,9 @@ def _dry_run(args: argparse.Namespace) -> int:
     store.check_target()  # a foreign folder or a read-only one is refused, as the run would
     writer = store.locked_by()
     resume = store.exists() and not args.force
-    # done() refuses a store made with other settings, as the run would
-    done = {c.label for c in plan.checkpoints if resume and store.done(c.label, plan.settings_hash)}
+    # a store made with other settings is refused, naming them, as the run would
+    marked = _reuse_store(plan, store, args.force, dry_run=True)
+    done = {c.label for c in plan.checkpoints if resume and store.done(c.label, marked)}
     state = "new" if not store.exists() else "exists; --force starts it over" if args.force else "exists; resumes it"
     print(f"config: {cfg.source}")
     print(f"store: {plan.store_path} ({state})")
@@ -62,7 +63,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     if cfg.internal_states:
         llc = cfg.llc
         print(f"internal states, stored per checkpoint: {', '.join(cfg.internal_states)}"
-              + (f" (LLC: {llc.chains} chains x {llc.draws} draws, lr {llc.lr}, seed {llc.seed})"
+              + (f" (LLC: {llc.chains} chain{'s' if llc.chains != 1 else ''} x {llc.draws} draws, lr {llc.lr}, seed {llc.seed})"
                  if "llc" in cfg.internal_states else ""))
     ex = cfg.executor
     print(f"executor: {ex.kind}" + (f" ({chosen.describe(ex)})" if chosen.describe is not None else ""))

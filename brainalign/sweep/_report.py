@@ -13,6 +13,7 @@ import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
@@ -191,7 +192,9 @@ def _roi_finding(ctx: _Ctx, roi: str) -> str:
               + (f" of {num(n_layers, 'n_layers', fmt='int')}" if n_layers else "")
               + f" (relative depth {num(float(c['best_depth'].sel(**at)), 'best_depth', **at)})")
     if "adjusted_p" in c.coords:
-        s += f"; above chance with adjusted p = {num(float(c['adjusted_p'].sel(roi=roi)), 'adjusted_p', fmt='p', roi=roi)}"
+        s += f"; ROI test against chance: adjusted p = {num(float(c['adjusted_p'].sel(roi=roi)), 'adjusted_p', fmt='p', roi=roi)}"
+        if "significant" in c:
+            s += " (above chance)" if bool(c["significant"].sel(roi=roi)) else " (not above chance)"
     return s + "."
 
 
@@ -650,9 +653,32 @@ def _internal_section(ctx: _Ctx) -> Section | None:
     sec = Section(title, id="internal", figures=[(ctx.save(fig, "internal_states.png"),
                   "Same training axis; the brain-alignment transitions of "
                   f"{', '.join(ctx.leads)} with their intervals drawn across every panel. " + note)])
-    sp = ctx.a.get("state_phases") or {}
-    sec.lists = [p.summary().split("\n") for k, p in sp.items() if k in cur]
+    _phase_parts(sec, {k: p for k, p in (ctx.a.get("state_phases") or {}).items() if k in cur})
     return sec
+
+
+def _phase_parts(sec: Section, phases: Mapping) -> None:
+    """The transitions of several curves in one table, in training order (so that
+    transitions that line up sit together), each curve's pattern, and the test and
+    bootstrap scheme once (it is the same for all)."""
+    if not phases:
+        return
+    frames = [p.transitions_frame() for p in phases.values() if p.transitions]
+    lines = []
+    for name, p in phases.items():
+        line = f"{name}: {p.pattern}" + ("" if p.transitions else " (no transition passes its test)")
+        lines.append(" ".join([line, *p.notes]))
+    sec.lists = [lines]
+    if frames:
+        t = pd.concat(frames, ignore_index=True).sort_values("log_at", kind="stable")
+        t["phases"] = [f"{b}\u2192{a}" if b or a else "" for b, a in zip(t["before"], t["after"])]
+        t = t[["curve", "transition", "kind", "at", "lo", "hi", "change", "phases", "p"]].rename(
+            columns={"at": "at (tokens)", "lo": "low (tokens)", "hi": "high (tokens)", "change": "change (step amplitude "
+                     "or slope change per decade)"})
+        sec.tables = [t.reset_index(drop=True)]
+    first = next(iter(phases.values()))
+    sec.text = [*sec.text, f"Phase detection of each curve (detect_phases on log10 training tokens). Tests: "
+                f"{first.tests}. Intervals: {first.bootstrap}."]
 
 
 def _llc_section(ctx: _Ctx) -> Section | None:
@@ -702,15 +728,26 @@ def _downstream_section(ctx: _Ctx) -> Section | None:
     fig = _aligned_figure(ctx, cur, "Brain alignment next to downstream tasks")
     sec = Section("Downstream tasks", id="downstream", figures=[(ctx.save(fig, "downstream.png"),
                   "Downstream-task scores per checkpoint on the same training axis, with the brain-alignment transitions.")])
-    sp = ctx.a.get("state_phases") or {}
-    sec.lists = [p.summary().split("\n") for k, p in sp.items() if k in ds.data_vars]
+    _phase_parts(sec, {k: p for k, p in (ctx.a.get("state_phases") or {}).items() if k in ds.data_vars})
     return sec
 
 
 def _cooccurrence_section(ctx: _Ctx) -> Section | None:
     t = ctx.a.get("cooccurrence")
     if t is None or not len(t):
-        return None
+        others = [p for p in (ctx.a.get("state_phases") or {}).values() if p.transitions]
+        if not others:
+            return None
+        # there are internal-state or downstream transitions, but none of the brain's to set them against
+        c = ctx.curves
+        if "significant" in c and not bool(c["significant"].any()):
+            why = ("no ROI's alignment is above chance (the ROI test of the Summary), so there is no "
+                   "brain-alignment transition to compare with.")
+        else:
+            why = "no brain-alignment transition passes its test (see the phase transitions above)."
+        return Section("Co-occurrence of transitions", id="cooccurrence", text=[
+            f"Not computed: {why} The transitions of the internal states and downstream tasks are in their own "
+            "sections, in training order."])
     names = {"roi": "ROI", "transition": "alignment transition", "change": "phases", "tokens": "at (tokens)",
              "tokens_lo": "low (tokens)", "tokens_hi": "high (tokens)"}
     for g, what in (("state", "internal state"), ("downstream", "downstream task")):

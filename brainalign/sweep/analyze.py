@@ -619,7 +619,7 @@ def _circuit_states(plan, ckpts, texts: list[str], tokens: dict) -> xr.Dataset |
     except (OSError, ValueError, ValidationError) as exc:  # e.g. weights only as .bin, not downloadable offline
         log.warning("head scores skipped: %s", exc)
         return None
-    heads = xr.concat(parts, dim="checkpoint", data_vars="all", coords="different", join="outer")
+    heads = xr.concat(parts, dim="checkpoint", data_vars="all", coords="different", compat="equals", join="outer")
     return heads[[v for v in heads.data_vars if "head" not in heads[v].dims]]
 
 

@@ -340,6 +340,10 @@ class LLCConfig(StrictModel):
     seq_len: int = Field(64, ge=2)
 
 
+class UnusedSettingWarning(UserWarning):
+    """A config section that nothing reads (e.g. ``llc:`` without ``llc`` in ``internal_states``)."""
+
+
 class RunConfig(StrictModel):
     dataset: DatasetConfig
     model: ModelConfig
@@ -360,6 +364,19 @@ class RunConfig(StrictModel):
     llc: LLCConfig = Field(default_factory=LLCConfig)
     #: where the config came from (set by load_config; not part of the hash)
     source: str | None = Field(default=None, exclude=True)
+
+    @field_validator("internal_states", mode="before")
+    @classmethod
+    def _one_state(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v  # internal_states: llc
+
+    @model_validator(mode="after")
+    def _llc_section_used(self) -> "RunConfig":
+        if "llc" in self.model_fields_set and "llc" not in self.internal_states:
+            warnings.warn("the llc: section has no effect: 'llc' is not in internal_states "
+                          f"({', '.join(self.internal_states) or 'none'}); add it there, or drop the section",
+                          UnusedSettingWarning, stacklevel=2)
+        return self
 
     @field_validator("internal_states")
     @classmethod

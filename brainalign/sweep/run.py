@@ -30,7 +30,7 @@ from ..encoding.bootstrap import DEFAULT_BLOCK_LENGTH, DEFAULT_N_BOOT
 from ..encoding.stats import MIN_PERMUTATION_BLOCKS
 from ..errors import ValidationError
 from ..stimulus import FSAVERAGE_SIZES, Space
-from .config import RunConfig, config_hash, load_config, settings_diff
+from .config import RunConfig, UnusedSettingWarning, config_hash, load_config, settings_diff
 from . import executors as _executors
 from .store import IncompatibleStoreError, ResultsStore
 
@@ -885,19 +885,22 @@ def _projection_attrs(plan: Plan) -> dict:
     }
 
 
-def _reuse_store(plan: Plan, store: ResultsStore, force: bool) -> None:
+def _reuse_store(plan: Plan, store: ResultsStore, force: bool, dry_run: bool = False) -> str:
     """Check an existing store's settings against ``plan``'s before anything is written.
 
     A store whose hash differs only because the hash's formula or defaults changed (its
     saved config, read by this version, has this plan's settings) is re-keyed; any other
-    difference is refused, naming the settings that differ.
+    difference is refused, naming the settings that differ. ``dry_run``: only check
+    (nothing is re-keyed). Returns the hash the store's done markers carry (after the
+    re-keying).
     """
     if force or not store.exists() or store.layout().get("hash") == plan.settings_hash:
-        return
+        return plan.settings_hash
     stored = store.open().attrs.get("config", "{}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UnusedSettingWarning)  # the store's own copy: told when it was made
             old = load_config(json.loads(stored) if isinstance(stored, str) else stored)
     except (ValidationError, ValueError):
         old = None
@@ -907,9 +910,11 @@ def _reuse_store(plan: Plan, store: ResultsStore, force: bool) -> None:
             "features in float32 anyway; this version stores them in float16, so the checkpoints would differ. Use "
             "another output store, or --force to discard it and start over")
     if old is not None and config_hash(old) == plan.settings_hash:
+        if dry_run:
+            return store.layout()["hash"]
         store.rehash(store.layout()["hash"], plan.settings_hash)
         log.info("results store %s: re-keyed to this version's settings hash (same settings)", store.path)
-        return
+        return plan.settings_hash
     diff = "; ".join(settings_diff(old, plan.config)) if old is not None else "its saved config cannot be read"
     raise IncompatibleStoreError(f"results store {store.path} was made with other settings ({diff}); use another "
                                  "output store, or --force to discard it and start over")

@@ -41,7 +41,7 @@ def _train_task(args: argparse.Namespace) -> int:
         _task(args), args.out, n_layers=args.layers, hidden=args.hidden, heads=args.heads, steps=args.steps,
         batch_size=args.batch_size, checkpoints=args.checkpoints, lr=args.lr, seed=args.seed, overwrite=args.overwrite,
         weight_decay=(1.0 if args.task == "modular" else 0.1) if args.weight_decay is None else args.weight_decay,
-        init_scale=args.init_scale,
+        init_scale=args.init_scale, intermediate=args.intermediate,
     )
     print(f"{'checkpoint':>18} {'tokens':>12} {'train acc':>9} {'held-out acc':>12} {'memorisation':>12} {'|θ|':>7}")
     for r in run.log:
@@ -60,6 +60,8 @@ def _train_tiny(args: argparse.Namespace) -> int:
         return _train_task(args)
     if args.corpus is None:
         raise ValidationError("train-tiny: a corpus (.txt file or folder) is needed for --task text")
+    if args.intermediate is not None:
+        raise ValidationError("train-tiny --intermediate applies to --task induction/modular, not to --task text")
     if args.init_scale != 1:
         raise ValidationError(f"train-tiny --init-scale applies to --task induction/modular, not to --task text (got {args.init_scale})")
     if args.modulus is not None or args.train_fraction is not None or args.split_swaps:
@@ -95,15 +97,18 @@ def register_train_tiny(subparsers) -> None:
                    help="text: the corpus (default); induction: repeated random segments (induction heads form); "
                         "modular: a + b mod p (memorised before it generalises)")
     p.add_argument("-o", "--out", default="tiny-gpt-neox", help="output folder (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--steps", type=int, default=500, help="optimiser steps (default: %(default)s)")
     p.add_argument("--checkpoints", type=int, default=10, help="log-spaced, step 0 included (default: %(default)s)")
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--layers", type=int, default=2, help="transformer layers (default: %(default)s)")
+    p.add_argument("--hidden", type=int, default=64, help="model width (default: %(default)s)")
+    p.add_argument("--heads", type=int, default=4, help="attention heads per layer (default: %(default)s)")
+    p.add_argument("--intermediate", type=int, default=None,
+                   help="MLP width, for --task induction/modular (default: 4 x --hidden)")
     p.add_argument("--seq-len", type=int, default=None,
                    help="tokens per sequence (default: 128 for text, 48 for induction)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="sequences per step (default: %(default)s; --task modular trains on all its pairs at once)")
+    p.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (default: %(default)s)")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="AdamW weight decay (default: 1.0 for modular, 0.1 for induction, 0.01 for text)")
     p.add_argument("--init-scale", type=float, default=1.0,
@@ -120,7 +125,7 @@ def register_train_tiny(subparsers) -> None:
     p.add_argument("--split-swaps", action="store_true",
                    help="--task modular: keep a pair (a, b) and its swap (b, a) on the same side of the split, so "
                         "that memorising scores 0 on the held-out pairs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the data (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace another run's checkpoints in the folder")
     p.set_defaults(func=_train_tiny)
 
