@@ -138,16 +138,15 @@ def _is_mapping(tp: Any) -> bool:
 
 def _keys_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
     """The keys accepted where an unknown key was found (``loc``: pydantic's error
-    location, union tags included, the unknown key last), or None when not one model."""
+    location, union tags included, the unknown key last): those of every model that can
+    stand there (all branches of a union), or None when the location is not followed."""
     cands: list[type[BaseModel]] = [model]
     mapping = False
     for part in loc[:-1]:
         if isinstance(part, int):  # a list item: the same models
             continue
-        named = [c for c in cands if c.__name__ == part]  # a union tag naming the branch tried
-        if named:
-            cands = named
-            continue
+        if any(c.__name__ == part for c in cands):  # a union tag naming the branch tried: keep them all,
+            continue                                 # so that each branch's error gives the same hint
         fields = [c.model_fields[part] for c in cands if part in c.model_fields]
         if not fields:
             if mapping:  # a key of a dict of models
@@ -158,9 +157,9 @@ def _keys_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
         mapping = any(_is_mapping(f.annotation) for f in fields)
         if not cands:
             return None
-    if len(cands) != 1:
+    if not cands:
         return None
-    return [f.alias or name for name, f in cands[0].model_fields.items() if not f.exclude]
+    return list(dict.fromkeys(f.alias or name for c in cands for name, f in c.model_fields.items() if not f.exclude))
 
 
 def _unknown_key(model: type[BaseModel], loc: tuple) -> str:

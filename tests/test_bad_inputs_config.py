@@ -129,6 +129,8 @@ def test_internal_states_may_be_one_name_and_an_unused_llc_section_is_warned_abo
         warnings.simplefilter("error", UnusedSettingWarning)
         load_config(_config(internal_states=["llc"], llc={"draws": 20}))
         load_config(_config())  # no llc: section, nothing to say
+        # a dumped config (a store's) always has an llc: section, of defaults: nothing to say either
+        load_config(load_config(_config()).model_dump(mode="json"))
 
 
 # -- 3. a path-like model name that does not exist ----------------------------------------

@@ -129,6 +129,21 @@ def test_incompatible_rerun_is_refused(tmp_path, tiny_run, capsys):
     assert main(["run", str(path), "--dry-run"]) == 2
     assert "other settings (encoding.n_folds: 3 -> 2)" in capsys.readouterr().err
     assert done() == before
+    # a store keyed by an older hash formula, same settings: the dry run counts its done
+    # checkpoints and leaves the re-keying to the run
+    from brainalign.sweep import ResultsStore
+
+    store = ResultsStore(tmp_path / "results.zarr")
+    new_hash = store.layout()["hash"]
+    store.rehash(new_hash, "0123456789abcdef")
+    same = tmp_path / "same.yaml"
+    same.write_text(yaml.safe_dump(_config(tmp_path, tiny_run.out_dir, model={"revisions": ["checkpoint-0", "checkpoint-1"]})))
+    rekeyed = done()
+    assert main(["run", str(same), "--dry-run"]) == 0
+    assert "checkpoints (2, 0 to run):" in capsys.readouterr().out
+    assert done() == rekeyed and store.layout()["hash"] == "0123456789abcdef"
+    run(_config(tmp_path, tiny_run.out_dir, model={"revisions": ["checkpoint-0", "checkpoint-1"]}), progress=False)
+    assert store.layout()["hash"] == new_hash  # the run re-keys it, and finds everything done
     run(other, force=True, progress=False)
     assert Sweep(tmp_path / "results.zarr").results.attrs["config"]["encoding"]["n_folds"] == 2
 

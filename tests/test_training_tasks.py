@@ -199,7 +199,8 @@ def test_cli_trains_a_task_and_refuses_a_corpus_for_it(tmp_path, capsys):
                       (["--task", "modular", "--train-fraction", "1.5"], "--train-fraction must be in"),
                       (["--task", "modular", "--init-scale", "0"], "--init-scale must be a positive number"),
                       (["corpus.txt", "--split-swaps"], "apply to --task modular, not to --task text"),
-                      (["corpus.txt", "--intermediate", "8"], "--intermediate applies to --task induction/modular")):
+                      (["corpus.txt", "--intermediate", "8"], "--intermediate applies to --task induction/modular"),
+                      (["--task", "induction", "--intermediate", "0"], "--intermediate must be a positive number")):
         assert main(["train-tiny", *argv, "-o", str(tmp_path / "bad")]) == 2, argv
         assert msg in capsys.readouterr().err, argv
     assert not (tmp_path / "bad").exists()

@@ -70,7 +70,7 @@ def _word_spans(words: Sequence[str]) -> tuple[str, np.ndarray, np.ndarray]:
 
 
 #: above this fraction of a story's tokens being the tokenizer's unknown token, the
-#: features do not see the words: warned once per tokenizer vocabulary
+#: features do not see the words: warned once per process and vocabulary (size, unknown id)
 UNKNOWN_WARN = 0.2
 _warned_unknown: set = set()
 
@@ -80,7 +80,7 @@ def _check_coverage(ids: np.ndarray, tokenizer, story: str) -> None:
     trained by ``train-tiny --task induction/modular``, whose vocabulary is the task's
     symbols: every word becomes the unknown token)."""
     unk = getattr(tokenizer, "unk_token_id", None)
-    if unk is None:  # byte-level BPE (GPT-2, Pythia, OLMo): every text has tokens
+    if unk is None:  # byte-level BPE (GPT-2, Pythia, OLMo; their unk is None or <|endoftext|>): every text has tokens
         return
     frac = float(np.mean(ids == unk))
     key = (len(tokenizer), unk)  # one warning for all the checkpoints of a run, not one per story and checkpoint

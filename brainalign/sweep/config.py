@@ -370,14 +370,6 @@ class RunConfig(StrictModel):
     def _one_state(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v  # internal_states: llc
 
-    @model_validator(mode="after")
-    def _llc_section_used(self) -> "RunConfig":
-        if "llc" in self.model_fields_set and "llc" not in self.internal_states:
-            warnings.warn("the llc: section has no effect: 'llc' is not in internal_states "
-                          f"({', '.join(self.internal_states) or 'none'}); add it there, or drop the section",
-                          UnusedSettingWarning, stacklevel=2)
-        return self
-
     @field_validator("internal_states")
     @classmethod
     def _known_states(cls, v: list[str]) -> list[str]:
@@ -439,6 +431,11 @@ def load_config(path_or_dict: str | Path | dict) -> RunConfig:
     """
     cfg, _, source = read_yaml_model(path_or_dict, RunConfig, "run config")
     cfg.source = source
+    # a dumped config always has an llc: section; only settings that differ from the defaults were asked for
+    if "llc" not in cfg.internal_states and cfg.llc != LLCConfig():
+        warnings.warn(f"{source}: the llc: section has no effect: 'llc' is not in internal_states "
+                      f"({', '.join(cfg.internal_states) or 'none'}); add it there, or drop the section",
+                      UnusedSettingWarning, stacklevel=2)
     return cfg
 
 

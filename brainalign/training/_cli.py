@@ -35,6 +35,8 @@ def _task(args: argparse.Namespace):
 def _train_task(args: argparse.Namespace) -> int:
     from .tasks import train_task
 
+    if args.intermediate is not None and args.intermediate < 1:
+        raise ValidationError(f"train-tiny --intermediate must be a positive number of units, got {args.intermediate}")
     if not (args.init_scale > 0 and args.init_scale != float("inf")):
         raise ValidationError(f"train-tiny --init-scale must be a positive number, got {args.init_scale}")
     run = train_task(
