@@ -147,10 +147,6 @@ def formation(ph):
     return min(ups, key=lambda t: t.log_at) if ups else main_transition(ph)
 
 
-def key_transition(k, ph):
-    return formation(ph) if k == INDUCTION else main_transition(ph)
-
-
 def report(res: dict, phases: dict, table) -> float:
     import pandas as pd
 
@@ -165,7 +161,7 @@ def report(res: dict, phases: dict, table) -> float:
 
     print("\ntransitions (log10 training tokens)")
     for k, ph in phases.items():
-        main = key_transition(k, ph)
+        main = formation(ph) if k == INDUCTION else main_transition(ph)
         for i, t in enumerate(ph.transitions, 1):
             lo, hi = t.log_interval
             print(f"  {k:22s} #{i}  {t.kind:10s} at {t.at:9.3g} tokens  log10 {t.log_at:.2f} [{lo:.2f}, {hi:.2f}]  "

@@ -83,8 +83,10 @@ def _check_coverage(ids: np.ndarray, tokenizer, story: str) -> None:
     if unk is None:  # byte-level BPE (GPT-2, Pythia, OLMo; their unk is None or <|endoftext|>): every text has tokens
         return
     frac = float(np.mean(ids == unk))
+    if frac <= UNKNOWN_WARN:
+        return
     key = (len(tokenizer), unk)  # one warning for all the checkpoints of a run, not one per story and checkpoint
-    if frac > UNKNOWN_WARN and key not in _warned_unknown:
+    if key not in _warned_unknown:
         _warned_unknown.add(key)
         log.warning(
             "story %r: %.0f%% of its %d tokens are the tokenizer's unknown token %r (tokenizer %s, %d tokens): "

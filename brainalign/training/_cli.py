@@ -74,15 +74,15 @@ def _train_tiny(args: argparse.Namespace) -> int:
         n_layers=args.layers,
         hidden=args.hidden,
         heads=args.heads,
-        seq_len=128 if args.seq_len is None else args.seq_len,
         steps=args.steps,
         batch_size=args.batch_size,
         checkpoints=args.checkpoints,
         lr=args.lr,
         seed=args.seed,
-        vocab_size=512 if args.vocab_size is None else args.vocab_size,
         overwrite=args.overwrite,
-        **({} if args.weight_decay is None else {"weight_decay": args.weight_decay}),
+        # only what was given: train_tiny's own defaults otherwise
+        **{k: v for k, v in {"seq_len": args.seq_len, "vocab_size": args.vocab_size,
+                             "weight_decay": args.weight_decay}.items() if v is not None},
     )
     print(f"{'checkpoint':>18} {'tokens':>12} {'train':>7} {'held-out':>8} {'gap':>6} {'|θ|':>7}")
     for r in run.log:
